@@ -1,0 +1,137 @@
+"""Request and response schemas of the HTTP API v1 (the small JSON parts).
+
+A hidden-state field holds either a `WireTensor` (JSON body) or a string naming a tensor of the
+binary safetensors body. Bulk tensor bytes are never pydantic-validated element by element.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+from r2m_proto.tensors import WireTensor
+
+TensorField = Annotated[
+    WireTensor | str,
+    Field(description="Policy last-layer hidden states [S, D_p]: inline (JSON body) or the name "
+                      "of a tensor in the safetensors body."),
+]
+Step = Annotated[int, Field(ge=0, description="RL step t; sets ω(t). Defaults to the run's step.")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateRunRequest(_Strict):
+    """`POST /v1/runs`: the R2M hyper-parameters of one training run (R2M.md)."""
+
+    policy_hidden_size: int = Field(gt=0, description="D_p, the policy's hidden size.")
+    total_steps: int = Field(gt=0, description="T, the total number of RL steps.")
+    omega_floor: float = Field(0.6, ge=0.0, le=1.0, description="Ω, the floor of ω(t).")
+    alpha: float = Field(0.3, ge=0.0, le=1.0, description="α, the GRE weight in GREBT.")
+    learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    attention_dim: int | None = Field(None, gt=0, description="d; default min(D_rm, 2048).")
+    seed: int | None = Field(None, description="Seed of the module's initialisation.")
+
+
+class RunConfig(CreateRunRequest):
+    """A run's config with every default resolved."""
+
+    attention_dim: int
+    seed: int
+
+
+class RunInfo(_Strict):
+    run_id: str
+    config: RunConfig
+    step: int
+    version: int
+
+
+class ScoreItem(_Strict):
+    prompt: str
+    response: str
+    hidden_states: TensorField | None = None
+
+
+class ScoreRequest(_Strict):
+    run_id: str
+    step: Step | None = None
+    min_version: int | None = Field(None, ge=0, description="Read-your-writes: wait for it.")
+    items: list[ScoreItem] = Field(min_length=1)
+
+
+class ScoreResponse(_Strict):
+    rewards: list[float]
+    version: int
+    step: int
+    omega: float
+
+
+class UpdateGroup(_Strict):
+    """K responses to one prompt; GREBT self-labels the best and worst of them."""
+
+    prompt: str
+    responses: list[str] = Field(min_length=2)
+    hidden_states: list[TensorField] = Field(min_length=2)
+    scores: list[FiniteFloat] | None = Field(
+        None, description="Annotation-phase rewards; pick winner/loser. Default: recomputed.")
+
+    @model_validator(mode="after")
+    def _same_k(self) -> UpdateGroup:
+        k = len(self.responses)
+        if len(self.hidden_states) != k:
+            raise ValueError(f"hidden_states has {len(self.hidden_states)} tensors for {k} "
+                             "responses; expected one per response")
+        if self.scores is not None and len(self.scores) != k:
+            raise ValueError(f"scores has {len(self.scores)} values for {k} responses")
+        return self
+
+
+class UpdatePair(_Strict):
+    """An externally labelled preference pair (plain Bradley–Terry)."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_hidden: TensorField
+    rejected_hidden: TensorField
+
+
+class UpdateRequest(_Strict):
+    run_id: str
+    step: Step | None = None
+    groups: list[UpdateGroup] | None = Field(None, min_length=1)
+    pairs: list[UpdatePair] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> UpdateRequest:
+        if (self.groups is None) == (self.pairs is None):
+            raise ValueError("give exactly one of `groups` (GREBT) or `pairs` (BT)")
+        return self
+
+
+class UpdateResponse(_Strict):
+    version: int
+    step: int
+    loss: float
+    bt_loss: float
+    gre_loss: float | None
+    omega: float
+    grad_norm: float
+
+
+class InfoResponse(_Strict):
+    backbone: str
+    backbone_kind: str
+    backbone_identity: str
+    reward_hidden_size: int
+    dtype: str
+    device: str
+    max_length: int
+    max_body_bytes: int
+    max_items: int
+    runs: int
+    version: str

@@ -1,0 +1,66 @@
+"""`r2m serve`: run the service. Flags override `R2M_*` environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from r2m_service.settings import Settings
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the HTTP service",
+                           description="Serve a reward-model backbone with per-run R2M modules.")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _flag_type(field.annotation)
+        serve.add_argument(flag, type=kind, default=None, dest=name,
+                           help=f"{field.description or ''} (env R2M_{name.upper()}; "
+                                f"default: {field.default})")
+
+
+def _flag_type(annotation: object) -> type:
+    text = str(annotation)
+    if "int" in text and "str" not in text:
+        return int
+    if "float" in text:
+        return float
+    return str
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="r2m", description="r2m reward-model service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    settings = Settings(**overrides)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvicorn
+        from r2m_service.backbone import resolve_backbone_path
+        from r2m_service.http.app import create_app
+    except ImportError as exc:  # the base install is the client only
+        print(f"r2m serve needs the service extra: pip install 'r2m[service]' ({exc})",
+              file=sys.stderr)
+        return 2
+    try:
+        resolve_backbone_path(settings.backbone)
+    except FileNotFoundError as exc:
+        print(f"r2m serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The outside of the service: routes, request bodies, errors, OpenAPI, app assembly."""

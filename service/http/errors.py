@@ -1,0 +1,74 @@
+"""Every failure leaves as `{"error": {"code", "message", "field"?}}` with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from r2m_proto.errors import ErrorBody, ErrorCode, ErrorDetail, WireError, field_path
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE: dict[ErrorCode, int] = {
+    ErrorCode.MALFORMED_BODY: 400,
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RUN_NOT_FOUND: 404,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.VERSION_CONFLICT: 409,
+    ErrorCode.OVERLOADED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.INTERNAL: 500,
+}
+_CODE_BY_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_REQUEST}
+
+
+def error_response(code: ErrorCode, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, field=field))
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True),
+                          status_code=STATUS_BY_CODE[code], headers=headers)
+
+
+def validation_error_response(exc: ValidationError | RequestValidationError) -> JSONResponse:
+    """The first pydantic error, rendered with its field path and what was expected."""
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return error_response(ErrorCode.MALFORMED_BODY, f"body is not valid JSON: {first['msg']}",
+                              "body")
+    loc = [part for part in first.get("loc", ()) if part != "body"]
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    return error_response(ErrorCode.INVALID_REQUEST, message, field_path(loc) or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(WireError)
+    async def _wire(_: Request, exc: WireError) -> JSONResponse:
+        return error_response(exc.code, exc.message, exc.field)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return validation_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODE_BY_STATUS.get(exc.status_code, ErrorCode.INTERNAL)
+        response = error_response(code, str(exc.detail))
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")

@@ -1,0 +1,134 @@
+"""HTTP routes: parse, call the engine, answer. No torch here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from r2m_proto.errors import ErrorCode, WireError
+from r2m_proto.media import CHECKPOINT_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER
+from r2m_proto.schemas import (
+    CreateRunRequest,
+    InfoResponse,
+    RunInfo,
+    ScoreRequest,
+    ScoreResponse,
+    UpdateRequest,
+    UpdateResponse,
+)
+from r2m_service import __version__
+from r2m_service.engine import Engine
+from r2m_service.http.body import read_request
+from r2m_service.http.openapi import tensor_body
+from r2m_service.metrics import Metrics
+from r2m_service.settings import Settings
+
+router = APIRouter()
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine | None = request.app.state.engine
+    if engine is None:
+        error = request.app.state.load_error
+        message = (f"the backbone failed to load: {error}" if error
+                   else "the backbone is still loading; retry shortly")
+        raise WireError(message, None, ErrorCode.UNAVAILABLE)
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """Alive (the process answers), even while the backbone loads."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(engine: EngineDep) -> dict[str, str]:
+    """Ready to score: the backbone is loaded."""
+    return {"status": "ready"}
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(m: MetricsDep) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/info", tags=["ops"])
+async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
+    backbone = engine.backbone
+    return InfoResponse(
+        backbone=backbone.name, backbone_kind=backbone.kind,
+        backbone_identity=backbone.identity, reward_hidden_size=backbone.hidden_size,
+        dtype=backbone.dtype, device=str(backbone.device), max_length=backbone.max_length,
+        max_body_bytes=settings.max_body_bytes, max_items=settings.max_items,
+        runs=len(engine.runs), version=__version__)
+
+
+@router.post("/v1/runs", status_code=201, tags=["runs"])
+async def create_run(body: CreateRunRequest, engine: EngineDep) -> RunInfo:
+    return await engine.create_run(body)
+
+
+@router.get("/v1/runs/{run_id}", tags=["runs"])
+async def get_run(run_id: str, engine: EngineDep) -> RunInfo:
+    return engine.get_run(run_id)
+
+
+@router.delete("/v1/runs/{run_id}", status_code=204, tags=["runs"])
+async def delete_run(run_id: str, engine: EngineDep) -> Response:
+    engine.delete_run(run_id)
+    return Response(status_code=204)
+
+
+@router.get("/v1/runs/{run_id}/checkpoint", tags=["runs"], response_class=Response,
+            responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}},
+                             "description": "safetensors file of the trainable tensors"}})
+async def checkpoint(run_id: str, engine: EngineDep) -> Response:
+    data = await engine.checkpoint(run_id)
+    return Response(data, media_type=CHECKPOINT_MEDIA_TYPE, headers={
+        "Content-Disposition": f'attachment; filename="{run_id}.safetensors"'})
+
+
+@router.post("/v1/score", tags=["reward"], openapi_extra=tensor_body(ScoreRequest))
+@router.post("/score", tags=["reward"], include_in_schema=False)
+async def score(request: Request, engine: EngineDep, settings: SettingsDep,
+                m: MetricsDep) -> ScoreResponse:
+    """Rewards for prompt-response pairs (+ policy hidden states), one per item, in order."""
+    body, tensors, size = await read_request(request, ScoreRequest, settings.max_body_bytes)
+    m.body_bytes.labels("/v1/score").observe(size)
+    _check_count(len(body.items), settings.max_items, "items")
+    return await engine.score(body, tensors)
+
+
+@router.post("/v1/update", tags=["reward"], openapi_extra=tensor_body(UpdateRequest))
+@router.post("/update", tags=["reward"], include_in_schema=False)
+async def update(request: Request, engine: EngineDep, settings: SettingsDep, m: MetricsDep,
+                 idempotency_key: Annotated[str | None, Header(
+                     alias=IDEMPOTENCY_KEY_HEADER, max_length=256)] = None) -> UpdateResponse:
+    """One online R2M step: GREBT on self-labelled groups, or BT on labelled pairs."""
+    body, tensors, size = await read_request(request, UpdateRequest, settings.max_body_bytes)
+    m.body_bytes.labels("/v1/update").observe(size)
+    count = (sum(len(g.responses) for g in body.groups) if body.groups is not None
+             else 2 * len(body.pairs or []))
+    _check_count(count, settings.max_items, "groups" if body.groups is not None else "pairs")
+    return await engine.update(body, tensors, idempotency_key)
+
+
+def _check_count(count: int, limit: int, field: str) -> None:
+    if count > limit:
+        raise WireError(f"{count} samples exceed the limit of {limit} per request (split the "
+                        "batch)", field, ErrorCode.PAYLOAD_TOO_LARGE)

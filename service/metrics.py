@@ -1,0 +1,59 @@
+"""Every Prometheus metric of the service, in one place (TEI's `prometheus.rs`).
+
+Names follow TEI/vLLM; durations use TEI's 35 geometric buckets from 15 µs (×1.5). Each app owns
+its registry, so several apps can live in one process (tests) without clashing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DURATION_BUCKETS = tuple(1.5e-5 * 1.5**i for i in range(35))
+LOSS_TERMS = ("loss", "bt_loss", "gre_loss")
+SIZE_BUCKETS = tuple(float(2**i) for i in range(13))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_duration = Histogram(
+            "r2m_request_duration_seconds", "HTTP request latency.", ["route"],
+            buckets=DURATION_BUCKETS, registry=r)
+        self.request_failures = Counter(
+            "r2m_request_failures_total", "Requests answered with an error, by reason.",
+            ["reason"], registry=r)
+        self.queue_size = Gauge(
+            "r2m_queue_size", "Jobs waiting for the model thread.", registry=r)
+        self.batch_size = Histogram(
+            "r2m_batch_size", "Items per model batch.", buckets=SIZE_BUCKETS, registry=r)
+        self.backbone_duration = Histogram(
+            "r2m_backbone_duration_seconds", "Backbone forward time per batch.",
+            buckets=DURATION_BUCKETS, registry=r)
+        self.module_duration = Histogram(
+            "r2m_module_duration_seconds", "R2M module time per batch (score: forward; "
+            "update: forward + backward + optimizer step).", ["phase"],
+            buckets=DURATION_BUCKETS, registry=r)
+        self.rte_cache_hits = Counter(
+            "r2m_rte_cache_hits_total", "RTE cache hits.", registry=r)
+        self.rte_cache_misses = Counter(
+            "r2m_rte_cache_misses_total", "RTE cache misses (backbone runs).", registry=r)
+        self.update_loss = Gauge(
+            "r2m_update_loss", "Loss terms of the latest update, at the pre-step weights.",
+            ["run", "term"], registry=r)
+        self.run_version = Gauge(
+            "r2m_run_version", "Current version of each run.", ["run"], registry=r)
+        self.runs = Gauge("r2m_runs", "Runs held by this process.", registry=r)
+        self.body_bytes = Histogram(
+            "r2m_request_body_bytes", "Request body size.", ["route"],
+            buckets=tuple(float(4**i) for i in range(4, 16)), registry=r)
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop a deleted run's labelled series so /metrics does not grow without bound."""
+        series = [(self.run_version, (run_id,))]
+        series += [(self.update_loss, (run_id, term)) for term in LOSS_TERMS]
+        for metric, labels in series:
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)

