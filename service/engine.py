@@ -151,10 +151,10 @@ class Engine:
         run.version += 1
         self._observe_module("update", started)
         return UpdateResponse(
-            version=run.version, step=run.step, loss=float(terms.loss),
-            bt_loss=float(terms.bt_loss),
-            gre_loss=None if terms.gre_loss is None else float(terms.gre_loss), omega=omega_t,
-            grad_norm=float(grad_norm))
+            version=run.version, step=run.step, loss=terms.loss.item(),
+            bt_loss=terms.bt_loss.item(),
+            gre_loss=None if terms.gre_loss is None else terms.gre_loss.item(), omega=omega_t,
+            grad_norm=grad_norm.item())
 
     # ---- shared model-thread helpers --------------------------------------------------------
 

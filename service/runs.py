@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 from r2m_proto.errors import ErrorCode, WireError
+from r2m_proto.safetensors_body import encode_safetensors
 from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo
 from r2m_service.r2m_module import TRAINABLE_TENSORS, R2MModule
-from safetensors.torch import save as save_safetensors
 
 MAX_ATTENTION_DIM = 2048  # the paper's d
 CHECKPOINT_FORMAT = "r2m-checkpoint-v1"
@@ -40,14 +40,18 @@ class Run:
                        version=self.version)
 
     def checkpoint(self) -> bytes:
-        """The trainable tensors as safetensors, step/version/config in the metadata."""
+        """The trainable tensors as safetensors (float32), step/version/config in the metadata.
+
+        Written by the proto encoder: byte-for-byte deterministic for the same state."""
         state = self.module.state_dict()
-        tensors = {name: state[name].detach().float().cpu().contiguous()
-                   for name in TRAINABLE_TENSORS}
+        tensors = []
+        for name in TRAINABLE_TENSORS:
+            tensor = state[name].detach().float().cpu().contiguous()
+            tensors.append((name, "float32", tuple(tensor.shape), tensor.numpy().tobytes()))
         metadata = {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "step": str(self.step),
                     "version": str(self.version), "config": self.config.model_dump_json(),
                     "backbone_identity": self.backbone_identity}
-        return save_safetensors(tensors, metadata=metadata)
+        return b"".join(encode_safetensors(tensors, metadata))
 
 
 def resolve_config(request: CreateRunRequest, reward_hidden_size: int) -> RunConfig:

@@ -1,0 +1,134 @@
+"""`AsyncR2MClient`: the asyncio twin of `R2MClient`; split score batches go concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, TypeVar
+
+import httpx
+from r2m_client._core import BaseR2MClient, Call, Request, check_response, transport_errors
+from r2m_client._tensors import HiddenStates
+from r2m_client.errors import R2MError
+from r2m_client.types import Group, Pair
+from r2m_proto import InfoResponse, RunInfo, ScoreResponse, UpdateResponse
+
+T = TypeVar("T")
+
+
+class AsyncR2MClient(BaseR2MClient):
+    """Asyncio r2m client; same constructor and methods as `R2MClient`, awaited."""
+
+    _http_class: ClassVar[type[httpx.AsyncClient]] = httpx.AsyncClient
+    _http: httpx.AsyncClient
+
+    async def __aenter__(self) -> AsyncR2MClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def health(self) -> bool:
+        return await self._probe("/healthz")
+
+    async def ready(self) -> bool:
+        return await self._probe("/readyz")
+
+    async def info(self) -> InfoResponse:
+        return await self._run(self._info_call())
+
+    async def create_run(
+        self,
+        policy_hidden_size: int,
+        total_steps: int,
+        *,
+        omega_floor: float = 0.6,
+        alpha: float = 0.3,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.0,
+        attention_dim: int | None = None,
+        seed: int | None = None,
+    ) -> RunInfo:
+        return await self._run(self._create_run_call(
+            policy_hidden_size=policy_hidden_size, total_steps=total_steps,
+            omega_floor=omega_floor, alpha=alpha, learning_rate=learning_rate,
+            weight_decay=weight_decay, attention_dim=attention_dim, seed=seed))
+
+    async def get_run(self, run_id: str) -> RunInfo:
+        return await self._run(self._get_run_call(run_id))
+
+    async def delete_run(self, run_id: str) -> None:
+        await self._run(self._delete_run_call(run_id))
+
+    async def checkpoint(self, run_id: str) -> bytes:
+        return await self._run(self._checkpoint_call(run_id))
+
+    async def save_checkpoint(self, run_id: str, path: str | PathLike[str]) -> Path:
+        target = Path(path)
+        await asyncio.to_thread(target.write_bytes, await self.checkpoint(run_id))
+        return target
+
+    async def score(
+        self,
+        run_id: str,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        hidden_states: Sequence[HiddenStates | None] | None = None,
+        *,
+        step: int | None = None,
+        min_version: int | None = None,
+    ) -> ScoreResponse:
+        return await self._run(self._score_call(run_id, prompts, responses, hidden_states, step,
+                                                min_version))
+
+    async def update(
+        self,
+        run_id: str,
+        *,
+        groups: Sequence[Group] | None = None,
+        pairs: Sequence[Pair] | None = None,
+        step: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> UpdateResponse:
+        return await self._run(self._update_call(run_id, groups, pairs, step, idempotency_key))
+
+    async def _run(self, call: Call[T]) -> T:
+        """Send the call's requests concurrently; on the first failure cancel the rest."""
+        tasks = [asyncio.ensure_future(self._send(request)) for request in call.requests]
+        try:
+            answers = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        return call.parse(answers)
+
+    async def _probe(self, path: str) -> bool:
+        try:
+            await self._send(Request("GET", path), retry=False)
+        except R2MError:
+            return False
+        return True
+
+    async def _send(self, request: Request, *, retry: bool = True) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                with transport_errors():
+                    response = await self._http.request(
+                        request.method, request.path, headers=request.all_headers(),
+                        content=request.body.aslices() if request.body else None)
+                return check_response(response)
+            except R2MError as error:
+                delay = self._retry_delay(attempt, error) if retry else None
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+            attempt += 1

@@ -1,0 +1,210 @@
+"""Request bodies: the proto request models plus hidden states, as a binary or a JSON body.
+
+A binary body is a safetensors file whose metadata holds the request JSON and whose tensors are
+the hidden states, named by their place in the request (`items.3.hidden_states`); a JSON body
+inlines them as base64. Requests are built as proto models, so the client checks a request with
+the very schema the server uses before sending a byte. Big score batches are split here into
+bodies under a byte budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from r2m_client._tensors import HiddenStates, WireArray, hidden_states_to_wire
+from r2m_client.types import Group, Pair
+from r2m_proto import (
+    JSON_MEDIA_TYPE,
+    SAFETENSORS_MEDIA_TYPE,
+    SAFETENSORS_REQUEST_KEY,
+    ScoreItem,
+    ScoreRequest,
+    UpdateGroup,
+    UpdatePair,
+    UpdateRequest,
+    WireTensor,
+    encode_safetensors,
+)
+from r2m_proto.tensors import encode_wire_tensor
+
+# httpx sends one big `bytes` body in quadratic time; 1 MiB slices keep it linear (MEASURED.md).
+SLICE_BYTES = 1 << 20
+# Upper bounds on the JSON around a score item / a request (keys, tensor name, header entry).
+_ITEM_OVERHEAD = 256
+_REQUEST_OVERHEAD = 512
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body kept as the buffers it is made of, never joined into one copy.
+
+    Every call to `slices` walks the buffers afresh, so a retry resends the same bytes.
+    """
+
+    content_type: str
+    buffers: tuple[memoryview, ...]
+
+    @property
+    def length(self) -> int:
+        return sum(len(buf) for buf in self.buffers)
+
+    def headers(self) -> dict[str, str]:
+        """Content-Type and an explicit Content-Length, so httpx does not send it chunked."""
+        return {"Content-Type": self.content_type, "Content-Length": str(self.length)}
+
+    def slices(self) -> Iterator[memoryview]:
+        for buf in self.buffers:
+            for start in range(0, len(buf), SLICE_BYTES):
+                yield buf[start:start + SLICE_BYTES]
+
+    async def aslices(self) -> AsyncIterator[memoryview]:
+        for piece in self.slices():
+            yield piece
+
+
+class _TensorSink:
+    """Turns each hidden-state tensor into its request field while a request is built: a name
+    (binary body, tensor kept for the safetensors part) or an inline base64 `WireTensor`."""
+
+    def __init__(self, binary: bool) -> None:
+        self.binary = binary
+        self.tensors: list[tuple[str, str, tuple[int, ...], memoryview]] = []
+
+    def field(self, name: str, array: WireArray) -> WireTensor | str:
+        if self.binary:
+            self.tensors.append((name, array.dtype, array.shape, array.data))
+            return name
+        return encode_wire_tensor(array.dtype, array.shape, array.data)
+
+    def body(self, request: BaseModel) -> Body:
+        """The request as a body; a request without tensors is always plain JSON."""
+        payload = request.model_dump_json(exclude_none=True)
+        if not self.tensors:
+            return json_body(payload)
+        buffers = encode_safetensors(self.tensors, metadata={SAFETENSORS_REQUEST_KEY: payload})
+        return Body(SAFETENSORS_MEDIA_TYPE, tuple(memoryview(buf) for buf in buffers))
+
+
+def json_body(payload: BaseModel | str) -> Body:
+    """A JSON body; proto models drop their unset optional (null) fields."""
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump_json(exclude_none=True)
+    return Body(JSON_MEDIA_TYPE, (memoryview(payload.encode()),))
+
+
+@dataclass(frozen=True)
+class ScoreChunk:
+    """One `/v1/score` request of a possibly split batch: its body and how many items it holds."""
+
+    size: int
+    body: Body
+
+
+def score_chunks(
+    run_id: str,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    hidden_states: Sequence[HiddenStates | None] | None,
+    *,
+    step: int | None,
+    min_version: int | None,
+    binary: bool,
+    max_bytes: int,
+) -> list[ScoreChunk]:
+    """Consecutive slices of the batch, each body at most `max_bytes` (an item that alone is
+    bigger goes alone; the server's limit then decides), in the caller's order."""
+    n = _check_batch(prompts, responses, hidden_states)
+    arrays = [None if h is None else hidden_states_to_wire(h, f"items.{i}.hidden_states")
+              for i, h in enumerate([None] * n if hidden_states is None else hidden_states)]
+    budget = max_bytes - _REQUEST_OVERHEAD - _text_bytes(run_id, binary)
+    costs = [_item_cost(p, r, h, binary) for p, r, h in zip(prompts, responses, arrays,
+                                                            strict=True)]
+    chunks = []
+    for part in split_by_budget(costs, budget):
+        sink = _TensorSink(binary)
+        items = []
+        for j, i in enumerate(part):
+            array = arrays[i]
+            hidden = None if array is None else sink.field(f"items.{j}.hidden_states", array)
+            items.append(ScoreItem(prompt=prompts[i], response=responses[i],
+                                   hidden_states=hidden))
+        request = ScoreRequest(run_id=run_id, step=step, min_version=min_version, items=items)
+        chunks.append(ScoreChunk(size=len(part), body=sink.body(request)))
+    return chunks
+
+
+def _check_batch(prompts: Sequence[str], responses: Sequence[str],
+                 hidden_states: Sequence[object] | None) -> int:
+    """The batch size, after the mistakes a zip would silently hide."""
+    for name, seq in (("prompts", prompts), ("responses", responses)):
+        if isinstance(seq, str):
+            raise TypeError(f"{name} must be a sequence of strings, not one string")
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("score needs at least one item")
+    if len(responses) != n:
+        raise ValueError(f"got {n} prompts but {len(responses)} responses")
+    if hidden_states is not None and len(hidden_states) != n:
+        raise ValueError(f"got {n} prompts but {len(hidden_states)} hidden-state tensors")
+    return n
+
+
+def split_by_budget(costs: Sequence[int], budget: int) -> list[range]:
+    """Greedy consecutive ranges whose costs sum to at most `budget`; order is kept."""
+    ranges: list[range] = []
+    start, total = 0, 0
+    for i, cost in enumerate(costs):
+        if i > start and total + cost > budget:
+            ranges.append(range(start, i))
+            start, total = i, 0
+        total += cost
+    if costs:
+        ranges.append(range(start, len(costs)))
+    return ranges
+
+
+def update_body(
+    run_id: str,
+    *,
+    groups: Sequence[Group] | None,
+    pairs: Sequence[Pair] | None,
+    step: int | None,
+    binary: bool,
+) -> Body:
+    """One `/v1/update` body; an update is one optimizer step, so it is never split."""
+    sink = _TensorSink(binary)
+
+    def tensor(name: str, x: HiddenStates) -> WireTensor | str:
+        return sink.field(name, hidden_states_to_wire(x, name))
+
+    wire_groups = None if groups is None else [
+        UpdateGroup(prompt=g.prompt, responses=list(g.responses),
+                    hidden_states=[tensor(f"groups.{n}.hidden_states.{k}", h)
+                                   for k, h in enumerate(g.hidden_states)],
+                    scores=None if g.scores is None else list(g.scores))
+        for n, g in enumerate(groups)
+    ]
+    wire_pairs = None if pairs is None else [
+        UpdatePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected,
+                   chosen_hidden=tensor(f"pairs.{n}.chosen_hidden", p.chosen_hidden),
+                   rejected_hidden=tensor(f"pairs.{n}.rejected_hidden", p.rejected_hidden))
+        for n, p in enumerate(pairs)
+    ]
+    request = UpdateRequest(run_id=run_id, step=step, groups=wire_groups, pairs=wire_pairs)
+    return sink.body(request)
+
+
+def _item_cost(prompt: str, response: str, hidden: WireArray | None, binary: bool) -> int:
+    tensor = 0 if hidden is None else hidden.nbytes if binary else 4 * math.ceil(hidden.nbytes / 3)
+    return _ITEM_OVERHEAD + _text_bytes(prompt, binary) + _text_bytes(response, binary) + tensor
+
+
+def _text_bytes(text: str, binary: bool) -> int:
+    """Exact bytes of a string in the body: in a binary body the request JSON is itself a JSON
+    string inside the safetensors header, so its escapes are escaped again."""
+    encoded = json.dumps(text, ensure_ascii=False)
+    return len(json.dumps(encoded) if binary else encoded.encode())

