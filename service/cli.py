@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -34,10 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r2m", description="r2m reward-model service")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    sub.add_parser("openapi", help="print the OpenAPI document (proto/openapi.json)")
     args = parser.parse_args(argv)
+    if args.command == "openapi":
+        return print_openapi()
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    settings = Settings(**overrides)
-    return serve(settings)
+    return serve(Settings(**overrides))
+
+
+def print_openapi() -> int:
+    from r2m_service.http.app import create_app
+
+    print(json.dumps(create_app().openapi(), indent=2, sort_keys=True))
+    return 0
 
 
 def serve(settings: Settings) -> int:

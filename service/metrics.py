@@ -29,6 +29,9 @@ class Metrics:
             "r2m_queue_size", "Jobs waiting for the model thread.", registry=r)
         self.batch_size = Histogram(
             "r2m_batch_size", "Items per model batch.", buckets=SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            "r2m_batch_tokens", "Padded tokens per backbone batch (the token budget's unit).",
+            buckets=tuple(float(2**i) for i in range(4, 18)), registry=r)
         self.backbone_duration = Histogram(
             "r2m_backbone_duration_seconds", "Backbone forward time per batch.",
             buckets=DURATION_BUCKETS, registry=r)
@@ -36,6 +39,11 @@ class Metrics:
             "r2m_module_duration_seconds", "R2M module time per batch (score: forward; "
             "update: forward + backward + optimizer step).", ["phase"],
             buckets=DURATION_BUCKETS, registry=r)
+        self.module_overhead = Histogram(
+            "r2m_module_overhead_ratio", "R2M module time ÷ backbone time of the same score "
+            "batch: what R2M adds on top of a vanilla RM.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=r)
         self.rte_cache_hits = Counter(
             "r2m_rte_cache_hits_total", "RTE cache hits.", registry=r)
         self.rte_cache_misses = Counter(
