@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from r2m_service.text_format import Encoded, TextFormatter
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from r2m_service.text_format import Encoded, TextFormatter
 
 log = logging.getLogger(__name__)
 

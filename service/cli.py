@@ -56,6 +56,7 @@ def serve(settings: Settings) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvicorn
+
         from r2m_service.backbone import resolve_backbone_path
         from r2m_service.http.app import create_app
     except ImportError as exc:  # the base install is the client only

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+
 from r2m_proto.errors import WireError
 from r2m_proto.schemas import (
     CreateRunRequest,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+
 from r2m_proto.errors import WireError
 from r2m_proto.schemas import TensorField
 from r2m_proto.tensors import TensorView, WireTensor

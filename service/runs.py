@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import torch
+
 from r2m_proto.errors import ErrorCode, WireError
 from r2m_proto.safetensors_body import encode_safetensors
 from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo

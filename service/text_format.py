@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from r2m_proto.errors import WireError
 from transformers import PreTrainedTokenizerBase
+
+from r2m_proto.errors import WireError
 
 _MAX_CHAT_TRUNCATION_ROUNDS = 4
 

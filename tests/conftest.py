@@ -6,19 +6,14 @@ backbone; tests talk to them over HTTP exactly as a trainer would.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+
+from r2m_service.launch import LocalServer, start_local_server
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
@@ -79,55 +74,12 @@ def bert_rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bert_rm(tmp_path_factory.mktemp("bert-rm"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+Server = LocalServer
 
 
-@dataclass
-class Server:
-    """A running `r2m serve` process."""
-
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 120.0) -> Server:
-    """Start `r2m serve` on a free loopback port and wait until /readyz answers 200."""
-    port = free_port()
-    log_path = log_dir / f"server-{port}.log"
-    full_env = {**os.environ, "R2M_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "r2m_service.cli", "serve", "--port", str(port), *args]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"r2m serve exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"r2m serve did not become ready in {timeout}s:\n{server.log()}")
+def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """`r2m serve` with one torch thread (two cores are shared by the whole suite)."""
+    return start_local_server(log_dir, *args, env={"R2M_TORCH_THREADS": "1", **(env or {})})
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ COMMITTED = Path(__file__).resolve().parents[1] / "proto" / "openapi.json"
 def test_committed_openapi_is_current() -> None:
     generated = create_app().openapi()
     committed = json.loads(COMMITTED.read_text())
-    assert committed == generated, "proto/openapi.json is stale: run `r2m openapi > proto/openapi.json`"
+    assert committed == generated, "stale: run `r2m openapi > proto/openapi.json`"
 
 
 def test_served_openapi_declares_both_body_formats(llama_server: Server) -> None:

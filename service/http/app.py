@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+
 from r2m_service import __version__
 from r2m_service.backbone import Backbone
 from r2m_service.engine import Engine

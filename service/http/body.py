@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel
+
 from r2m_proto.errors import ErrorCode, WireError
 from r2m_proto.media import JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE, SAFETENSORS_REQUEST_KEY
 from r2m_proto.safetensors_body import decode_safetensors

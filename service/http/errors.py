@@ -8,8 +8,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from r2m_proto.errors import ErrorBody, ErrorCode, ErrorDetail, WireError, field_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from r2m_proto.errors import ErrorBody, ErrorCode, ErrorDetail, WireError, field_path
 
 log = logging.getLogger(__name__)
 

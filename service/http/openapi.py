@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
+
 from r2m_proto.media import JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE
 
 _REF = "#/components/schemas/{model}"

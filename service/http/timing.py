@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from r2m_service.metrics import Metrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from r2m_service.metrics import Metrics
 
 
 class TimingMiddleware:
