@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import ClassVar, TypeVar
 
 import httpx
+
 from r2m_client._core import BaseR2MClient, Call, Request, check_response, transport_errors
 from r2m_client._tensors import HiddenStates
 from r2m_client.errors import R2MError

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
+
 from r2m_client._encode import Body, json_body, score_chunks, update_body
 from r2m_client._retry import RetryPolicy, parse_retry_after
 from r2m_client._tensors import HiddenStates

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
+
 from r2m_client._tensors import HiddenStates, WireArray, hidden_states_to_wire
 from r2m_client.types import Group, Pair
 from r2m_proto import (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+
 from r2m_proto.tensors import WireTensor
 
 TensorField = Annotated[

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from r2m_proto.errors import ErrorCode, WireError
 
 # wire dtype name -> (safetensors dtype code, bytes per element)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from pydantic import ValidationError
+
 from r2m_client import Group, Pair, ScoreResponse
 from r2m_client._core import merge_scores
 from r2m_client._encode import (

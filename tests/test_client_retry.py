@@ -6,6 +6,7 @@ from email.utils import formatdate
 
 import httpx
 import pytest
+
 from r2m_client import (
     R2MClientError,
     R2MError,

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from r2m_client._encode import score_chunks
 from r2m_client._tensors import hidden_states_to_wire
 from r2m_proto import SAFETENSORS_REQUEST_KEY, ScoreRequest, TensorView, decode_safetensors

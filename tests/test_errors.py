@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from r2m_proto import SAFETENSORS_MEDIA_TYPE, encode_safetensors
 
+from r2m_proto import SAFETENSORS_MEDIA_TYPE, encode_safetensors
 from tests.conftest import Server
 from tests.helpers import hidden, wire
 

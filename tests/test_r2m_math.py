@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from r2m_service.losses import bradley_terry, grebt, group_reward_entropy, pairwise_bt
 from r2m_service.r2m_module import R2MModule, omega, pad_hidden_states
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from r2m_client import R2MClient
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from r2m_client import R2MClient
 from tests.conftest import Server
 from tests.helpers import PROMPTS, RESPONSES, hidden
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from safetensors.torch import load as load_safetensors
+
 from r2m_client import Group, Pair, R2MClient, RunNotFoundError
 from r2m_proto import IDEMPOTENCY_KEY_HEADER, decode_safetensors
 from r2m_service.backbone import Backbone
 from r2m_service.r2m_module import TRAINABLE_TENSORS, omega
 from r2m_service.text_format import TextPair
-from safetensors.torch import load as load_safetensors
-
 from tests.conftest import Server
 from tests.helpers import PROMPTS, RESPONSES, hidden, wire
 

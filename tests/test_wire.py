@@ -7,9 +7,9 @@ import json
 import httpx
 import pytest
 import torch
+
 from r2m_client import R2MClient
 from r2m_proto import SAFETENSORS_MEDIA_TYPE, encode_safetensors
-
 from tests.conftest import Server
 from tests.helpers import PROMPTS, RESPONSES, hidden, wire
 
