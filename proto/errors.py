@@ -19,6 +19,7 @@ class ErrorCode(str, Enum):
     VERSION_CONFLICT = "version_conflict"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
+    CLIENT_CLOSED = "client_closed"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     INTERNAL = "internal"
@@ -35,17 +36,20 @@ class ErrorBody(BaseModel):
 
 
 class WireError(ValueError):
-    """A request that breaks the wire contract.
+    """A request the service refuses, as it goes on the wire.
 
-    `field` is a path such as `items[2].hidden_states`.
+    `field` is a path such as `items[2].hidden_states`; `retry_after_s` becomes a Retry-After
+    header (overload, unavailability).
     """
 
     def __init__(self, message: str, field: str | None = None,
-                 code: ErrorCode = ErrorCode.INVALID_REQUEST) -> None:
+                 code: ErrorCode = ErrorCode.INVALID_REQUEST,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.code = code
+        self.retry_after_s = retry_after_s
 
 
 def field_path(loc: tuple[str | int, ...] | list[str | int]) -> str:

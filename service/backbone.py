@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,12 +91,16 @@ class Backbone:
     """A frozen RM or encoder that turns formatted text into RTEs (float32, on `device`)."""
 
     def __init__(self, source: str | None = None, *, device: str = "cpu", dtype: str = "float32",
-                 max_length: int | None = None, max_batch_size: int = 64) -> None:
+                 max_length: int | None = None, max_batch_size: int = 64,
+                 max_batch_tokens: int = 16384) -> None:
         self.name = source or EMBEDDED_BACKBONE_NAME
         self.path = resolve_backbone_path(source)
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        # observer of each forward pass: (sequences, padded tokens, seconds); set by the engine
+        self.on_forward: Callable[[int, int, float], None] | None = None
         config = AutoConfig.from_pretrained(self.path, local_files_only=True)
         is_reward_model = config.num_labels == 1 and any(
             a.endswith("ForSequenceClassification") for a in config.architectures or [])
@@ -128,13 +133,30 @@ class Backbone:
 
     @torch.no_grad()
     def embed(self, encoded: Sequence[Encoded]) -> torch.Tensor:
-        """RTEs `[B, D_rm]` float32. Sorted by length and cut into batches to limit padding."""
+        """RTEs `[B, D_rm]` float32. Sequences are sorted by length and cut into forward passes
+        under the token budget (padded cost = longest × count) and the batch size, so short
+        items never pay for a long one's padding."""
         out = torch.empty(len(encoded), self.hidden_size, device=self.device)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-        for start in range(0, len(order), self.max_batch_size):
-            chunk = order[start:start + self.max_batch_size]
+        for chunk in self._length_buckets(encoded):
+            started = time.perf_counter()
             out[chunk] = self._forward([encoded[i] for i in chunk])
+            if self.on_forward is not None:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                padded = len(chunk) * len(encoded[chunk[-1]].input_ids)
+                self.on_forward(len(chunk), padded, time.perf_counter() - started)
         return out
+
+    def _length_buckets(self, encoded: Sequence[Encoded]) -> list[list[int]]:
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        chunks: list[list[int]] = [[]]
+        for i in order:
+            chunk = chunks[-1]
+            cost = len(encoded[i].input_ids) * (len(chunk) + 1)  # sorted: i is the longest
+            if chunk and (len(chunk) == self.max_batch_size or cost > self.max_batch_tokens):
+                chunks.append([])
+            chunks[-1].append(i)
+        return [c for c in chunks if c]
 
     def _forward(self, batch: Sequence[Encoded]) -> torch.Tensor:
         width = max(len(e.input_ids) for e in batch)

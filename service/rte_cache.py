@@ -4,6 +4,7 @@ backbone (R2M.md: "the update then costs only the small module")."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -23,29 +24,33 @@ def rte_key(backbone_identity: str, prompt: str, response: str) -> str:
 
 
 class LRUCache:
-    """Bounded in-process RTE cache. Used from the model thread only, so it needs no lock."""
+    """Bounded in-process RTE cache, read on the preparation thread and written on the model
+    thread (hence the lock; each call holds it for microseconds)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get_many(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
         found: list[torch.Tensor | None] = []
-        for key in keys:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            found.append(value)
+        with self._lock:
+            for key in keys:
+                value = self._entries.get(key)
+                if value is not None:
+                    self._entries.move_to_end(key)
+                found.append(value)
         return found
 
-    def put_many(self, keys: Sequence[str], values: torch.Tensor) -> None:
+    def put_many(self, keys: Sequence[str], values: Sequence[torch.Tensor]) -> None:
         if self.capacity == 0:
             return
-        for key, value in zip(keys, values, strict=True):
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            for key, value in zip(keys, values, strict=True):
+                self._entries[key] = value
+                self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

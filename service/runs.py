@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from r2m_proto.errors import ErrorCode, WireError
 from r2m_proto.safetensors_body import encode_safetensors
 from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo
 from r2m_service.r2m_module import TRAINABLE_TENSORS, R2MModule
+from r2m_service.run_gate import RunGate
 
 MAX_ATTENTION_DIM = 2048  # the paper's d
 CHECKPOINT_FORMAT = "r2m-checkpoint-v1"
@@ -25,7 +25,7 @@ class RunNotFound(WireError):
 
 @dataclass
 class Run:
-    """Mutable state of one run. Mutated only on the model thread, under `lock`."""
+    """Mutable state of one run. Mutated only on the model thread, inside `gate.write()`."""
 
     run_id: str
     config: RunConfig
@@ -34,7 +34,7 @@ class Run:
     backbone_identity: str
     step: int = 0
     version: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gate: RunGate = field(default_factory=RunGate)
 
     def info(self) -> RunInfo:
         return RunInfo(run_id=self.run_id, config=self.config, step=self.step,

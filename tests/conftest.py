@@ -122,3 +122,10 @@ def http(llama_server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=llama_server.url, timeout=60) as client:
         yield client
 
+
+
+@pytest.fixture(scope="session")
+def unbatched_server(server_logs: Path, llama_rm_dir: Path) -> Iterator[Server]:
+    """The same backbone with the batcher off: one request per model batch."""
+    yield from _session_server(server_logs, "--backbone", str(llama_rm_dir), "--max-length", "64",
+                               env={"R2M_BATCHING": "false"})

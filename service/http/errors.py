@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r2m_proto.errors import ErrorBody, ErrorCode, ErrorDetail, WireError, field_path
+from r2m_proto.media import RETRY_AFTER_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.VERSION_CONFLICT: 409,
     ErrorCode.OVERLOADED: 429,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.CLIENT_CLOSED: 499,  # nginx's convention; nobody is left to read it
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.INTERNAL: 500,
@@ -52,7 +54,9 @@ def validation_error_response(exc: ValidationError | RequestValidationError) -> 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(WireError)
     async def _wire(_: Request, exc: WireError) -> JSONResponse:
-        return error_response(exc.code, exc.message, exc.field)
+        headers = (None if exc.retry_after_s is None
+                   else {RETRY_AFTER_HEADER: str(exc.retry_after_s)})
+        return error_response(exc.code, exc.message, exc.field, headers)
 
     @app.exception_handler(ValidationError)
     async def _validation(_: Request, exc: ValidationError) -> JSONResponse:

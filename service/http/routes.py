@@ -20,7 +20,9 @@ from r2m_proto.schemas import (
 )
 from r2m_service import __version__
 from r2m_service.engine import Engine
+from r2m_service.http.auth import Scope, require
 from r2m_service.http.body import read_request
+from r2m_service.http.disconnect import unless_disconnected
 from r2m_service.http.openapi import tensor_body
 from r2m_service.metrics import Metrics
 from r2m_service.settings import Settings
@@ -42,7 +44,7 @@ def get_engine(request: Request) -> Engine:
         error = request.app.state.load_error
         message = (f"the backbone failed to load: {error}" if error
                    else "the backbone is still loading; retry shortly")
-        raise WireError(message, None, ErrorCode.UNAVAILABLE)
+        raise WireError(message, None, ErrorCode.UNAVAILABLE, retry_after_s=None if error else 5)
     return engine
 
 
@@ -63,12 +65,13 @@ async def readyz(engine: EngineDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", tags=["ops"], response_class=Response)
+@router.get("/metrics", tags=["ops"], response_class=Response,
+            dependencies=[require(Scope.METRICS)])
 async def metrics(m: MetricsDep) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/info", tags=["ops"])
+@router.get("/v1/info", tags=["ops"], dependencies=[require(Scope.SCORE)])
 async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
     backbone = engine.backbone
     return InfoResponse(
@@ -79,23 +82,26 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         runs=len(engine.runs), version=__version__)
 
 
-@router.post("/v1/runs", status_code=201, tags=["runs"])
+@router.post("/v1/runs", status_code=201, tags=["runs"],
+             dependencies=[require(Scope.UPDATE)])
 async def create_run(body: CreateRunRequest, engine: EngineDep) -> RunInfo:
     return await engine.create_run(body)
 
 
-@router.get("/v1/runs/{run_id}", tags=["runs"])
+@router.get("/v1/runs/{run_id}", tags=["runs"], dependencies=[require(Scope.SCORE)])
 async def get_run(run_id: str, engine: EngineDep) -> RunInfo:
     return engine.get_run(run_id)
 
 
-@router.delete("/v1/runs/{run_id}", status_code=204, tags=["runs"])
+@router.delete("/v1/runs/{run_id}", status_code=204, tags=["runs"],
+               dependencies=[require(Scope.ADMIN)])
 async def delete_run(run_id: str, engine: EngineDep) -> Response:
     engine.delete_run(run_id)
     return Response(status_code=204)
 
 
 @router.get("/v1/runs/{run_id}/checkpoint", tags=["runs"], response_class=Response,
+            dependencies=[require(Scope.ADMIN)],
             responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}},
                              "description": "safetensors file of the trainable tensors"}})
 async def checkpoint(run_id: str, engine: EngineDep) -> Response:
@@ -104,19 +110,23 @@ async def checkpoint(run_id: str, engine: EngineDep) -> Response:
         "Content-Disposition": f'attachment; filename="{run_id}.safetensors"'})
 
 
-@router.post("/v1/score", tags=["reward"], openapi_extra=tensor_body(ScoreRequest))
-@router.post("/score", tags=["reward"], include_in_schema=False)
+@router.post("/v1/score", tags=["reward"], openapi_extra=tensor_body(ScoreRequest),
+             dependencies=[require(Scope.SCORE)])
+@router.post("/score", tags=["reward"], include_in_schema=False,
+             dependencies=[require(Scope.SCORE)])
 async def score(request: Request, engine: EngineDep, settings: SettingsDep,
                 m: MetricsDep) -> ScoreResponse:
     """Rewards for prompt-response pairs (+ policy hidden states), one per item, in order."""
     body, tensors, size = await read_request(request, ScoreRequest, settings.max_body_bytes)
     m.body_bytes.labels("/v1/score").observe(size)
     _check_count(len(body.items), settings.max_items, "items")
-    return await engine.score(body, tensors)
+    return await unless_disconnected(request, engine.score(body, tensors))
 
 
-@router.post("/v1/update", tags=["reward"], openapi_extra=tensor_body(UpdateRequest))
-@router.post("/update", tags=["reward"], include_in_schema=False)
+@router.post("/v1/update", tags=["reward"], openapi_extra=tensor_body(UpdateRequest),
+             dependencies=[require(Scope.UPDATE)])
+@router.post("/update", tags=["reward"], include_in_schema=False,
+             dependencies=[require(Scope.UPDATE)])
 async def update(request: Request, engine: EngineDep, settings: SettingsDep, m: MetricsDep,
                  idempotency_key: Annotated[str | None, Header(
                      alias=IDEMPOTENCY_KEY_HEADER, max_length=256)] = None) -> UpdateResponse:

@@ -1,0 +1,127 @@
+"""Concurrent /v1/score requests in, model batches out (TEI's `queue.rs`).
+
+- Items from many requests (and runs) share one backbone pass under a token budget (padded cost
+  = longest × count, like TEI) and a max batch size; cached RTEs cost no tokens.
+- Fair: a batch takes items round-robin across queued requests, so a 512-item request cannot
+  starve an 8-item one that arrived just after it. An item that would break the budget waits for
+  the next batch (FIFO per request).
+- No max wait: the next batch forms the moment the model thread is free, and requests that came
+  while it was busy are exactly what fills it (MEASURED.md: a positive wait only costs).
+- Bounded: past `max_queued_items` a request is refused with 429 rather than queued for ever.
+- A request whose client left is dropped from the queue (its future is cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from r2m_proto.errors import ErrorCode, WireError
+from r2m_service.runs import Run
+from r2m_service.samples import Sample, token_count
+
+
+class Overloaded(WireError):
+    """429 with a Retry-After: the queue is full."""
+
+    def __init__(self, queued: int, limit: int, retry_after_s: int = 1) -> None:
+        super().__init__(f"the score queue is full ({queued} items queued, limit {limit}); retry "
+                         f"after {retry_after_s}s", None, ErrorCode.OVERLOADED, retry_after_s)
+
+
+@dataclass(eq=False)
+class ScoreJob:
+    """One /v1/score request waiting for, or spread over, model batches."""
+
+    run: Run
+    samples: list[Sample]
+    omega: float
+    future: asyncio.Future[list[float]]
+    rewards: list[float] = field(default_factory=list)
+    next_item: int = 0  # first item not yet handed to a batch
+    done_items: int = 0
+
+    def __post_init__(self) -> None:
+        self.rewards = [0.0] * len(self.samples)
+
+    @property
+    def unbatched(self) -> int:
+        return len(self.samples) - self.next_item
+
+    def deliver(self, index: int, reward: float) -> None:
+        self.rewards[index] = reward
+        self.done_items += 1
+        if self.done_items == len(self.samples) and not self.future.done():
+            self.future.set_result(self.rewards)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    job: ScoreJob
+    index: int
+
+    @property
+    def sample(self) -> Sample:
+        return self.job.samples[self.index]
+
+
+class ScoreQueue:
+    def __init__(self, *, max_queued_items: int, max_batch_tokens: int, max_batch_size: int,
+                 interleave: bool = True) -> None:
+        self.max_queued_items = max_queued_items
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.interleave = interleave  # False: one request per batch (the "batcher off" baseline)
+        self._jobs: deque[ScoreJob] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    def put(self, job: ScoreJob) -> None:
+        if self._queued_items + len(job.samples) > self.max_queued_items and self._jobs:
+            raise Overloaded(self._queued_items, self.max_queued_items)
+        self._jobs.append(job)
+        self._queued_items += len(job.samples)
+        self._wakeup.set()
+
+    def cancel(self, job: ScoreJob) -> None:
+        """Forget a request whose client is gone; items already in a batch still finish."""
+        if job in self._jobs:
+            self._jobs.remove(job)
+            self._queued_items -= job.unbatched
+            job.next_item = len(job.samples)
+
+    async def next_batch(self) -> list[BatchItem]:
+        while not self._jobs:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._form_batch()
+
+    def _form_batch(self) -> list[BatchItem]:
+        jobs = list(self._jobs) if self.interleave else [self._jobs[0]]
+        items: list[BatchItem] = []
+        longest, backbone_items = 0, 0
+        while len(items) < self.max_batch_size and any(j.unbatched for j in jobs):
+            for job in jobs:
+                if not job.unbatched:
+                    continue
+                tokens = token_count(job.samples[job.next_item])
+                if tokens:
+                    cost = max(longest, tokens) * (backbone_items + 1)
+                    if items and cost > self.max_batch_tokens:
+                        return self._take(items)  # carried to the next batch
+                    longest, backbone_items = max(longest, tokens), backbone_items + 1
+                items.append(BatchItem(job, job.next_item))
+                job.next_item += 1
+                if len(items) == self.max_batch_size:
+                    break
+        return self._take(items)
+
+    def _take(self, items: list[BatchItem]) -> list[BatchItem]:
+        self._queued_items -= len(items)
+        self._jobs = deque(j for j in self._jobs if j.unbatched)
+        return items

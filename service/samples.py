@@ -1,0 +1,101 @@
+"""Requests → samples: one (prompt, response) with its checked hidden states, its RTE cache key,
+and either its cached RTE or its token ids for the backbone.
+
+Runs on the preparation thread (never the event loop, never the model thread), so a batch that
+reaches the model thread is pure tensor work, and a bad item fails only its own request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from r2m_proto.schemas import ScoreRequest, UpdateRequest
+from r2m_proto.tensors import TensorView
+from r2m_service.backbone import Backbone
+from r2m_service.hidden_states import HiddenStateResolver
+from r2m_service.rte_cache import LRUCache, rte_key
+from r2m_service.text_format import Encoded, TextPair
+
+
+@dataclass
+class Sample:
+    text: TextPair
+    hidden: torch.Tensor | None
+    key: str = ""
+    rte: torch.Tensor | None = None  # from the cache, or filled in by the backbone
+    encoded: Encoded | None = None  # token ids, when the backbone must run
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    """An update's samples (groups flattened in order; pairs as chosen, rejected, …)."""
+
+    samples: list[Sample]
+    labels: list[torch.Tensor | None] | None  # per group: scores that pick winner and loser
+    group_sizes: list[int] | None  # None for pairs
+
+
+def prepare(samples: list[Sample], backbone: Backbone, cache: LRUCache) -> list[Sample]:
+    """Attach cache keys and cached RTEs, and tokenize the rest (errors name the item)."""
+    for sample in samples:
+        sample.key = rte_key(backbone.identity, sample.text.prompt, sample.text.response)
+    for sample, rte in zip(samples, cache.get_many([s.key for s in samples]), strict=True):
+        sample.rte = rte
+    missing = [s for s in samples if s.rte is None]
+    if missing:
+        for sample, encoded in zip(missing, backbone.formatter.encode([s.text for s in missing]),
+                                   strict=True):
+            sample.encoded = encoded
+    return samples
+
+
+def score_samples(request: ScoreRequest, policy_hidden_size: int,
+                  body_tensors: dict[str, TensorView] | None) -> list[Sample]:
+    resolver = HiddenStateResolver(policy_hidden_size, body_tensors)
+    samples = []
+    for i, item in enumerate(request.items):
+        hidden = (None if item.hidden_states is None
+                  else resolver.resolve(item.hidden_states, f"items[{i}].hidden_states"))
+        samples.append(Sample(TextPair(item.prompt, item.response, f"items[{i}].response"),
+                              hidden))
+    resolver.check_all_used()
+    return samples
+
+
+def update_samples(request: UpdateRequest, policy_hidden_size: int,
+                   body_tensors: dict[str, TensorView] | None) -> UpdateBatch:
+    resolver = HiddenStateResolver(policy_hidden_size, body_tensors)
+    samples: list[Sample] = []
+    if request.pairs is not None:
+        for i, pair in enumerate(request.pairs):
+            for side in ("chosen", "rejected"):
+                hidden = resolver.resolve(getattr(pair, f"{side}_hidden"),
+                                          f"pairs[{i}].{side}_hidden")
+                samples.append(Sample(TextPair(pair.prompt, getattr(pair, side),
+                                               f"pairs[{i}].{side}"), hidden))
+        resolver.check_all_used()
+        return UpdateBatch(samples, None, None)
+    labels: list[torch.Tensor | None] = []
+    sizes = []
+    for g, group in enumerate(request.groups or []):
+        for k, (response, value) in enumerate(zip(group.responses, group.hidden_states,
+                                                  strict=True)):
+            hidden = resolver.resolve(value, f"groups[{g}].hidden_states[{k}]")
+            samples.append(Sample(TextPair(group.prompt, response, f"groups[{g}].responses[{k}]"),
+                                  hidden))
+        labels.append(None if group.scores is None else torch.tensor(group.scores))
+        sizes.append(len(group.responses))
+    resolver.check_all_used()
+    return UpdateBatch(samples, labels, sizes)
+
+
+def token_count(sample: Sample) -> int:
+    """Backbone tokens a sample costs (0 when its RTE is cached)."""
+    return 0 if sample.encoded is None else len(sample.encoded.input_ids)
+
+
+def stack_rtes(samples: Sequence[Sample]) -> torch.Tensor:
+    return torch.stack([s.rte for s in samples])  # type: ignore[misc]
