@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
+from r2m_service.cli_keys import add_keys_parser, run_keys
+from r2m_service.logging_setup import configure_logging
 from r2m_service.settings import Settings
 
 
@@ -36,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("openapi", help="print the OpenAPI document (proto/openapi.json)")
+    add_keys_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return run_keys(args)
     if args.command == "openapi":
         return print_openapi()
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
@@ -52,8 +56,7 @@ def print_openapi() -> int:
 
 def serve(settings: Settings) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         import uvicorn
 
@@ -69,7 +72,8 @@ def serve(settings: Settings) -> int:
         print(f"r2m serve: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=30)
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
+                log_config=None, access_log=False)  # logging_setup and the request middleware
     return 0
 
 

@@ -23,7 +23,7 @@ request_id_var: ContextVar[str | None] = ContextVar("r2m_request_id", default=No
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "request_id"}
+    "message", "asctime", "request_id", "color_message"}
 
 
 class RequestIdFilter(logging.Filter):

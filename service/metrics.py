@@ -23,8 +23,8 @@ class Metrics:
             "r2m_request_duration_seconds", "HTTP request latency.", ["route"],
             buckets=DURATION_BUCKETS, registry=r)
         self.request_failures = Counter(
-            "r2m_request_failures_total", "Requests answered with an error, by reason.",
-            ["reason"], registry=r)
+            "r2m_request_failures_total", "Requests answered with an error, by route and reason "
+            "(the HTTP status).", ["route", "reason"], registry=r)
         self.queue_size = Gauge(
             "r2m_queue_size", "Jobs waiting for the model thread.", registry=r)
         self.batch_size = Histogram(

@@ -28,8 +28,23 @@ class Settings(BaseSettings):
         None, gt=1, description="Max tokens per (prompt, response); default: the model's limit.")
     max_body_bytes: int = Field(256 * MiB, gt=0, description="Larger request bodies get 413.")
     max_items: int = Field(1024, gt=0, description="Max items (or responses) per request.")
-    max_batch_size: int = Field(64, gt=0, description="Max sequences per backbone forward.")
+    max_batch_size: int = Field(64, gt=0, description="Max sequences per model batch.")
+    max_batch_tokens: int = Field(
+        16384, gt=0, description="Token budget of a backbone forward (padded: longest × count).")
+    max_queued_items: int = Field(
+        4096, gt=0, description="Score items allowed to wait; past it requests get 429.")
+    batching: bool = Field(
+        True, description="Coalesce concurrent score requests into shared model batches.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads.")
     rte_cache_size: int = Field(65536, ge=0, description="In-process RTE cache entries (LRU).")
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="How long update keys live.")
     log_level: str = "info"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line with the request id; text: for a terminal.")
+    api_keys_file: str | None = Field(
+        None, description="File of API keys, one '<sha256-hex> <scope,...> [name]' per line "
+                          "(`r2m keys new` makes them). No keys at all: the service runs open.")
+    api_keys: str | None = Field(
+        None, description="API key lines as in the key file, separated by ';'.")
+    metrics_auth: bool = Field(
+        False, description="Require a key with the 'metrics' scope on /metrics.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,8 +18,10 @@ from fastapi import FastAPI
 from r2m_service import __version__
 from r2m_service.backbone import Backbone
 from r2m_service.engine import Engine
+from r2m_service.http.auth import announce, install_auth
 from r2m_service.http.errors import install_error_handlers
 from r2m_service.http.openapi import install_openapi
+from r2m_service.http.request_context import RequestContextMiddleware
 from r2m_service.http.routes import router
 from r2m_service.http.timing import TimingMiddleware
 from r2m_service.metrics import Metrics
@@ -31,11 +34,11 @@ def load_engine(settings: Settings, metrics: Metrics) -> Engine:
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     backbone = Backbone(settings.backbone, device=settings.device, dtype=settings.dtype,
-                        max_length=settings.max_length, max_batch_size=settings.max_batch_size)
+                        max_length=settings.max_length, max_batch_size=settings.max_batch_size,
+                        max_batch_tokens=settings.max_batch_tokens)
     log.info("backbone ready: %s (%s, D_rm=%d, max_length=%d)", backbone.name, backbone.kind,
              backbone.hidden_size, backbone.max_length)
-    return Engine(backbone, metrics, rte_cache_size=settings.rte_cache_size,
-                  idempotency_ttl_s=settings.idempotency_ttl_s)
+    return Engine(backbone, metrics, settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,21 +47,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        announce(app.state.keyring)
+        log.info("r2m %s starting: loading backbone %s on %s", __version__,
+                 settings.backbone or "(embedded default)", settings.device)
         loading = asyncio.create_task(asyncio.to_thread(load_engine, settings, metrics))
+        progress = asyncio.create_task(_log_loading_progress(loading))
 
         def ready(task: asyncio.Task[Engine]) -> None:
             if not task.cancelled() and task.exception() is None:
                 app.state.engine = task.result()
+                app.state.engine.start()
             elif not task.cancelled():
                 app.state.load_error = f"{type(task.exception()).__name__}: {task.exception()}"
                 log.error("backbone failed to load", exc_info=task.exception())
 
         loading.add_done_callback(ready)
         yield
+        log.info("shutting down: in-flight requests have drained, stopping the model thread")
+        progress.cancel()
         if not loading.done():
             await asyncio.wait([loading])
         if app.state.engine is not None:
-            app.state.engine.close()
+            await app.state.engine.close()
 
     app = FastAPI(title="r2m", version=__version__, lifespan=lifespan,
                   description="Reward model as a service with R2M policy feedback "
@@ -69,6 +79,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.load_error = None
     app.include_router(router)
     install_error_handlers(app)
+    install_auth(app, settings)
     install_openapi(app)
     app.add_middleware(TimingMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware)
     return app
+
+
+async def _log_loading_progress(loading: asyncio.Task[Engine], every_s: float = 5.0) -> None:
+    """Say the backbone is still loading, so a slow start (a large model, a cold disk) is not
+    mistaken for a hang by whoever watches the logs."""
+    started = time.monotonic()
+    while not loading.done():
+        await asyncio.wait([loading], timeout=every_s)
+        if not loading.done():
+            log.info("backbone still loading (%.0f s)", time.monotonic() - started)

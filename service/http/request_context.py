@@ -3,8 +3,9 @@
 A trainer that sends `X-Request-ID` can find its request in the service's logs (and the id comes
 back on the response either way), so one id follows a call from the client through a load
 balancer into every log record the request caused. Ids that could smuggle text into a log line are
-replaced, not trusted. The access log is one structured record per request; probe and scrape
-routes log at debug so a health check every few seconds does not bury the traffic.
+replaced, not trusted. The access log is one structured record per request, naming the API key
+(by its name in the key file) that made it; probe and scrape routes log at debug so a health
+check every few seconds does not bury the traffic.
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path = scope.get("path", "")
-            quiet = path in _QUIET_PATHS and status < 400
             access_log.log(
-                logging.DEBUG if quiet else logging.INFO,
+                logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
                 "%s %s %d", scope.get("method", ""), path, status,
                 extra={"method": scope.get("method", ""), "path": path, "status": status,
                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                       "client": (scope.get("client") or ("", 0))[0]})
+                       "client": (scope.get("client") or ("", 0))[0],
+                       "key": scope.get("state", {}).get("api_key_name")})

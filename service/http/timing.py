@@ -34,4 +34,4 @@ class TimingMiddleware:
             path = getattr(route, "path", "unmatched")
             self.metrics.request_duration.labels(path).observe(time.perf_counter() - started)
             if status >= 400:
-                self.metrics.request_failures.labels(str(status)).inc()
+                self.metrics.request_failures.labels(path, str(status)).inc()

