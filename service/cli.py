@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from r2m_service.api_keys import KeyRing
 from r2m_service.cli_keys import add_keys_parser, run_keys
 from r2m_service.logging_setup import configure_logging
 from r2m_service.settings import Settings
@@ -57,6 +58,11 @@ def print_openapi() -> int:
 def serve(settings: Settings) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
     configure_logging(settings.log_level, settings.log_format)
+    try:  # a bad key file fails here, in a second, not after the backbone imports
+        KeyRing.from_settings(settings)
+    except (OSError, ValueError) as exc:
+        print(f"r2m serve: API keys: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvicorn
 

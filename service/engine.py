@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -31,12 +32,11 @@ from r2m_proto.schemas import (
 from r2m_proto.tensors import TensorView
 from r2m_service.backbone import Backbone
 from r2m_service.batching import BatchItem, ScoreJob, ScoreQueue
-from r2m_service.idempotency import IdempotencyStore
 from r2m_service.losses import LossTerms, grebt, pairwise_bt
 from r2m_service.metrics import LOSS_TERMS, Metrics
 from r2m_service.r2m_module import omega, pad_hidden_states
-from r2m_service.rte_cache import LRUCache
-from r2m_service.runs import Run, RunRegistry, build_run, new_run_id, resolve_config
+from r2m_service.run_directory import RunDirectory
+from r2m_service.runs import Run, build_run, new_run_id, resolve_config
 from r2m_service.samples import (
     Sample,
     UpdateBatch,
@@ -46,29 +46,39 @@ from r2m_service.samples import (
     update_samples,
 )
 from r2m_service.settings import Settings
+from r2m_service.state import StateStore
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, backbone: Backbone, metrics: Metrics, settings: Settings) -> None:
+    def __init__(self, backbone: Backbone, metrics: Metrics, settings: Settings,
+                 store: StateStore) -> None:
         self.backbone = backbone
         self.metrics = metrics
-        self.runs = RunRegistry()
+        self.store = store
         self.queue = ScoreQueue(max_queued_items=settings.max_queued_items,
                                 max_batch_tokens=settings.max_batch_tokens,
                                 max_batch_size=settings.max_batch_size,
                                 interleave=settings.batching)
-        self._rte_cache = LRUCache(settings.rte_cache_size)
-        self._idempotency = IdempotencyStore(settings.idempotency_ttl_s)
+        self._rte_cache = store.rte_cache
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="r2m-model")
+        self.runs = RunDirectory(store, self._on_model, reward_hidden_size=backbone.hidden_size,
+                                 device=backbone.device,
+                                 min_version_wait_s=settings.min_version_wait_s)
         self._prep_thread = ThreadPoolExecutor(1, thread_name_prefix="r2m-prep")
         self._batcher: asyncio.Task[None] | None = None
         self._backbone_seconds = 0.0  # backbone time of the batch in flight (model thread)
         backbone.on_forward = self._observe_forward
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._batcher = asyncio.create_task(self._batch_loop(), name="r2m-batcher")
+        await self.store.start(self.runs.on_store_event)
+        restored = await self.runs.restore_stored()
+        self.metrics.runs.set(len(self.runs))
+        if restored:
+            log.info("restored %d runs from the state store", restored)
 
     async def close(self) -> None:
         if self._batcher is not None:
@@ -77,37 +87,38 @@ class Engine:
                 await self._batcher
         self._prep_thread.shutdown(wait=True, cancel_futures=True)
         self._model_thread.shutdown(wait=True, cancel_futures=True)
+        await self.store.close()
 
     # ---- runs -------------------------------------------------------------------------------
 
     async def create_run(self, request: CreateRunRequest) -> RunInfo:
         config = resolve_config(request, self.backbone.hidden_size)
-        run = await self._on(self._model_thread, build_run, new_run_id(), config,
-                             self.backbone.hidden_size, self.backbone.identity,
-                             self.backbone.initial_head(), self.backbone.device)
-        self.runs.add(run)
+        run = await self._on_model(build_run, new_run_id(), config, self.backbone.hidden_size,
+                                   self.backbone.identity, self.backbone.initial_head(),
+                                   self.backbone.device)
+        await self.runs.add(run)
         self.metrics.runs.set(len(self.runs))
         self.metrics.run_version.labels(run.run_id).set(run.version)
         return run.info()
 
-    def get_run(self, run_id: str) -> RunInfo:
-        return self.runs.get(run_id).info()
+    async def get_run(self, run_id: str) -> RunInfo:
+        return (await self.runs.current(run_id)).info()
 
-    def delete_run(self, run_id: str) -> None:
-        self.runs.delete(run_id)
+    async def delete_run(self, run_id: str) -> None:
+        await self.runs.delete(run_id)
         self.metrics.runs.set(len(self.runs))
         self.metrics.forget_run(run_id)
 
     async def checkpoint(self, run_id: str) -> bytes:
-        run = self.runs.get(run_id)
+        run = await self.runs.current(run_id)
         async with run.gate.read():
-            return await self._on(self._model_thread, run.checkpoint)
+            return await self._on_model(run.checkpoint)
 
     # ---- score ------------------------------------------------------------------------------
 
     async def score(self, request: ScoreRequest,
                     body_tensors: dict[str, TensorView] | None) -> ScoreResponse:
-        run = self.runs.get(request.run_id)
+        run = await self.runs.current(request.run_id, request.min_version)
         samples = await self._on(self._prep_thread, self._prepare_score, request, run,
                                  body_tensors)
         step = run.step if request.step is None else request.step
@@ -133,7 +144,7 @@ class Engine:
             if not live:
                 continue
             try:
-                rewards = await self._on(self._model_thread, self._score_batch, live)
+                rewards = await self._on_model(self._score_batch, live)
             except Exception as exc:  # every request in the batch gets the error
                 for job in {item.job for item in live}:
                     if not job.future.done():
@@ -168,18 +179,17 @@ class Engine:
 
     async def update(self, request: UpdateRequest, body_tensors: dict[str, TensorView] | None,
                      idempotency_key: str | None) -> UpdateResponse:
-        run = self.runs.get(request.run_id)
+        run = await self.runs.current(request.run_id)
         batch = await self._on(self._prep_thread, self._prepare_update, request, run,
                                body_tensors)
-        async with run.gate.write():
+        async with run.gate.write(), self.store.update_lock(run.run_id) as lock:
+            await self.runs.catch_up(run)
             if idempotency_key is not None:
-                previous = self._idempotency.get(run.run_id, idempotency_key)
-                if previous is not None:
-                    return previous
-            response = await self._on(self._model_thread, self._update_now, run, request.step,
-                                      batch)
-            if idempotency_key is not None:
-                self._idempotency.put(run.run_id, idempotency_key, response)
+                recorded = await self.store.recorded_response(run.run_id, idempotency_key)
+                if recorded is not None:
+                    return UpdateResponse.model_validate_json(recorded)
+            response = await self._on_model(self._update_now, run, request.step, batch)
+            await self.runs.commit(run, response.model_dump_json(), idempotency_key, lock)
         self.metrics.run_version.labels(run.run_id).set(response.version)
         for term in LOSS_TERMS:
             value = getattr(response, term)
@@ -246,7 +256,7 @@ class Engine:
 
     def _rewards(self, run: Run, samples: Sequence[Sample], omega_t: float) -> torch.Tensor:
         """Rewards in sample order; samples without hidden states get ϕ(H_last)."""
-        rte = stack_rtes(samples)
+        rte = stack_rtes(samples, self.backbone.device)
         with_hidden = [i for i, s in enumerate(samples) if s.hidden is not None]
         if len(with_hidden) == len(samples):
             padded, mask = pad_hidden_states([s.hidden for s in samples], rte.device)
@@ -272,6 +282,9 @@ class Engine:
 
     async def _on(self, thread: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+
+    async def _on_model(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._on(self._model_thread, fn, *args)
 
 
 def _objective(rewards: torch.Tensor, batch: UpdateBatch, alpha: float) -> LossTerms:

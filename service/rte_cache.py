@@ -7,6 +7,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -21,6 +22,14 @@ def rte_key(backbone_identity: str, prompt: str, response: str) -> str:
         digest.update(len(raw).to_bytes(8, "little"))
         digest.update(raw)
     return digest.hexdigest()
+
+
+class RTECache(Protocol):
+    """Sync interface: used from the preparation and model threads, never the event loop."""
+
+    def get_many(self, keys: Sequence[str]) -> list[torch.Tensor | None]: ...
+
+    def put_many(self, keys: Sequence[str], values: Sequence[torch.Tensor]) -> None: ...
 
 
 class LRUCache:

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import torch
 
 from r2m_proto.errors import ErrorCode, WireError
-from r2m_proto.safetensors_body import encode_safetensors
 from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo
 from r2m_service.r2m_module import TRAINABLE_TENSORS, R2MModule
 from r2m_service.run_gate import RunGate
+from r2m_service.tensor_files import dump_tensors
 
 MAX_ATTENTION_DIM = 2048  # the paper's d
 CHECKPOINT_FORMAT = "r2m-checkpoint-v1"
@@ -35,6 +35,9 @@ class Run:
     step: int = 0
     version: int = 0
     gate: RunGate = field(default_factory=RunGate)
+    # the state bytes of the last committed version (persistent stores): a failed commit rolls
+    # the in-memory run back to them
+    committed_state: bytes | None = field(default=None, repr=False)
 
     def info(self) -> RunInfo:
         return RunInfo(run_id=self.run_id, config=self.config, step=self.step,
@@ -43,16 +46,12 @@ class Run:
     def checkpoint(self) -> bytes:
         """The trainable tensors as safetensors (float32), step/version/config in the metadata.
 
-        Written by the proto encoder: byte-for-byte deterministic for the same state."""
+        Byte-for-byte deterministic for the same state."""
         state = self.module.state_dict()
-        tensors = []
-        for name in TRAINABLE_TENSORS:
-            tensor = state[name].detach().float().cpu().contiguous()
-            tensors.append((name, "float32", tuple(tensor.shape), tensor.numpy().tobytes()))
         metadata = {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "step": str(self.step),
                     "version": str(self.version), "config": self.config.model_dump_json(),
                     "backbone_identity": self.backbone_identity}
-        return b"".join(encode_safetensors(tensors, metadata))
+        return dump_tensors({name: state[name] for name in TRAINABLE_TENSORS}, metadata)
 
 
 def resolve_config(request: CreateRunRequest, reward_hidden_size: int) -> RunConfig:
@@ -80,29 +79,6 @@ def build_run(run_id: str, config: RunConfig, reward_hidden_size: int, backbone_
                                   weight_decay=config.weight_decay)
     return Run(run_id=run_id, config=config, module=module, optimizer=optimizer,
                backbone_identity=backbone_identity)
-
-
-class RunRegistry:
-    """In-process run table."""
-
-    def __init__(self) -> None:
-        self._runs: dict[str, Run] = {}
-
-    def add(self, run: Run) -> None:
-        self._runs[run.run_id] = run
-
-    def get(self, run_id: str) -> Run:
-        try:
-            return self._runs[run_id]
-        except KeyError:
-            raise RunNotFound(run_id) from None
-
-    def delete(self, run_id: str) -> None:
-        if self._runs.pop(run_id, None) is None:
-            raise RunNotFound(run_id)
-
-    def __len__(self) -> int:
-        return len(self._runs)
 
 
 def new_run_id() -> str:

@@ -97,5 +97,6 @@ def token_count(sample: Sample) -> int:
     return 0 if sample.encoded is None else len(sample.encoded.input_ids)
 
 
-def stack_rtes(samples: Sequence[Sample]) -> torch.Tensor:
-    return torch.stack([s.rte for s in samples])  # type: ignore[misc]
+def stack_rtes(samples: Sequence[Sample], device: torch.device) -> torch.Tensor:
+    """One `[B, D_rm]` tensor on `device` (shared-cache RTEs arrive on the CPU)."""
+    return torch.stack([s.rte.to(device) for s in samples])  # type: ignore[union-attr]

@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads.")
     rte_cache_size: int = Field(65536, ge=0, description="In-process RTE cache entries (LRU).")
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="How long update keys live.")
+    redis_url: str | None = Field(
+        None, description="Share runs, the RTE cache and idempotency keys through Redis "
+                          "(e.g. redis://127.0.0.1:6379/0), so N replicas serve the same runs.")
+    redis_prefix: str = Field("r2m", description="Key prefix: several deployments, one Redis.")
+    checkpoint_dir: str | None = Field(
+        None, description="In-process store only: write each run version here and reload "
+                          "the runs at start.")
+    lock_lease_s: float = Field(
+        30.0, gt=0, description="Lease of a run's update lock; a crashed holder frees it then.")
+    min_version_wait_s: float = Field(
+        5.0, ge=0, description="How long /v1/score waits for `min_version` before 409.")
+    rte_ttl_s: float = Field(24 * 3600, gt=0, description="Lifetime of RTEs cached in Redis.")
     log_level: str = "info"
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line with the request id; text: for a terminal.")

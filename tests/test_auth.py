@@ -233,8 +233,8 @@ def test_a_bad_key_file_stops_start_up(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "r2m_service.cli", "serve", "--port", str(free_port()),
          "--api-keys-file", str(key_file)], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "entry 1" in result.stderr
+    assert result.returncode == 2
+    assert "entry 1: expected the SHA-256 hex digest" in result.stderr
     assert "r2m_oops-a-raw-key" not in result.stdout + result.stderr
 
 

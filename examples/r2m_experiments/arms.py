@@ -72,15 +72,20 @@ def score_feedback(arm: Arm, states: Sequence[torch.Tensor], generator: torch.Ge
     return None
 
 
+def placeholder_states(count: int, width: int) -> list[torch.Tensor]:
+    """One zero row [1, D_p] per sample, for requests whose module runs at ω = 1 and so never
+    reads hidden states, although the API wants a tensor per sample."""
+    return [torch.zeros(1, width) for _ in range(count)]
+
+
 def update_feedback(arm: Arm, states: Sequence[torch.Tensor], generator: torch.Generator
                     ) -> list[torch.Tensor]:
-    """What `/v1/update` gets: like `score_feedback`, and a [1, D_p] zero placeholder per
-    response for the head-only arm (its Ω = 1 means the service never reads them)."""
+    """What `/v1/update` gets: like `score_feedback`, and placeholders for the head-only arm
+    (its Ω = 1 means the service never reads them)."""
     sent = score_feedback(arm, states, generator)
     if sent is not None:
         return sent
-    width = states[0].shape[-1]
-    return [torch.zeros(1, width) for _ in states]
+    return placeholder_states(len(states), states[0].shape[-1])
 
 
 def select_arms(names: Sequence[str]) -> list[Arm]:

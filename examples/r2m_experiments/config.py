@@ -32,12 +32,12 @@ class ExperimentConfig:
     # The proxy RM: ϕ fitted with plain BT on labelled pairs that carry the spurious sign-off cue.
     preference_pairs: int = 256
     cue_rate: float = 0.9
-    fit_steps: int = 400  # minibatch BT updates of the head, all at step 0
+    fit_steps: int = 1000  # minibatch BT updates of the head, all at step 0
     fit_batch_pairs: int = 32
     # **[choice]** One AdamW learning rate per run (the service fixes it at creation), shared by
     # the head fit and the online R2M updates. The paper's 1e-6 suits an 8B RM over thousands of
     # steps; a miniature run of a few dozen steps needs a rate at which anything moves at all.
-    rm_learning_rate: float = 1e-3
+    rm_learning_rate: float = 2e-4
     omega_floor: float = 0.6  # Ω
     alpha: float = 0.3  # α
     final_window: int = 5  # "final" metrics average the last this-many steps

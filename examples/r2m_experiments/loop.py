@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from statistics import fmean
 
 import torch
+
 from r2m_client import R2MClient
 from r2m_client.hf import policy_hidden_states
 
@@ -55,14 +56,14 @@ def run_arm(client: R2MClient, prepared: Prepared, arm: Arm, config: ExperimentC
     policy = copy.deepcopy(prepared.sft_policy)
     reference = prepared.sft_policy
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.ppo.lr)
-    generator = torch.Generator().manual_seed(seed)
+    ppo_order = torch.Generator().manual_seed(seed)  # minibatch order, the same in every arm
+    noise = torch.Generator().manual_seed(seed + 1)  # only the noise arm draws from it
     suppressed = suppressed_ids(tokenizer)
     proxy = ProxyRM(client, arm, config, prepared.policy_hidden_size, seed)
     series: dict[str, list[float]] = defaultdict(list)
     try:
-        fit_losses = proxy.fit_head(prepared.pairs, prepared.chosen_hidden,
-                                    prepared.rejected_hidden, config.fit_steps,
-                                    config.fit_batch_pairs, seed)
+        fit_losses = proxy.fit_head(prepared.pairs, config.fit_steps, config.fit_batch_pairs,
+                                    seed)
         for step in range(config.steps):
             timer = PhaseTimer()
             prompts = [prompt_for(p) for p in step_products(seed, step, config.prompts_per_step)]
@@ -75,17 +76,17 @@ def run_arm(client: R2MClient, prepared: Prepared, arm: Arm, config: ExperimentC
                     states = policy_hidden_states(policy, tokenizer, samples.prompts,
                                                   samples.responses, batch_size=len(prompts) * k)
             with timer("scoring"):
-                sent = None if states is None else score_feedback(arm, states, generator)
+                sent = None if states is None else score_feedback(arm, states, noise)
                 scored = proxy.score(samples.prompts, samples.responses, sent, step)
             with timer("policy_update"):
                 result = ppo_step(policy, reference, optimizer, samples.batch,
                                   torch.tensor(scored.rewards), k, suppressed, config.ppo,
-                                  generator)
+                                  ppo_order)
             update = None
             if arm.online:
                 with timer("r2m_update"):
                     update = proxy.update(samples.prompts, samples.responses,
-                                          update_feedback(arm, result.fresh_hidden, generator),
+                                          update_feedback(arm, result.fresh_hidden, noise),
                                           scored.rewards, k, step)
             gold = [gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses,
                                                        strict=True)]

@@ -1,5 +1,5 @@
-"""What every arm of one seed shares: the tokenizer, the SFT policy, and the labelled pairs
-(with the SFT policy's hidden states) that fit each arm's proxy head identically.
+"""What every arm of one seed shares: the tokenizer, the SFT policy, and the labelled pairs that
+fit each arm's proxy head identically.
 
 Built once per seed, so the arms differ only in what they ask of the service.
 """
@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import torch
-from r2m_client.hf import policy_hidden_states
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from .config import ExperimentConfig
@@ -26,8 +24,6 @@ class Prepared:
     sft_policy: GPT2LMHeadModel
     sft_losses: list[float]
     pairs: list[PreferencePair]
-    chosen_hidden: list[torch.Tensor]
-    rejected_hidden: list[torch.Tensor]
 
     @property
     def policy_hidden_size(self) -> int:
@@ -43,9 +39,4 @@ def prepare(config: ExperimentConfig, seed: int) -> Prepared:
     policy.eval()
     pairs = preference_pairs(random.Random(f"pairs/{seed}"), config.preference_pairs,
                              cue_rate=config.cue_rate, substance=substance)
-    prompts = [p.prompt for p in pairs]
-    chosen = policy_hidden_states(policy, tokenizer, prompts, [p.chosen for p in pairs],
-                                  batch_size=64)
-    rejected = policy_hidden_states(policy, tokenizer, prompts, [p.rejected for p in pairs],
-                                    batch_size=64)
-    return Prepared(seed, tokenizer, policy, losses, pairs, chosen, rejected)
+    return Prepared(seed, tokenizer, policy, losses, pairs)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from r2m_client.hf import unpad_hidden_states
 from transformers import GPT2LMHeadModel
+
+from r2m_client.hf import unpad_hidden_states
 
 from .policy import Batch, token_logprobs
 

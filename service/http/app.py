@@ -26,6 +26,7 @@ from r2m_service.http.routes import router
 from r2m_service.http.timing import TimingMiddleware
 from r2m_service.metrics import Metrics
 from r2m_service.settings import Settings
+from r2m_service.state.factory import open_store
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,14 @@ def load_engine(settings: Settings, metrics: Metrics) -> Engine:
                         max_batch_tokens=settings.max_batch_tokens)
     log.info("backbone ready: %s (%s, D_rm=%d, max_length=%d)", backbone.name, backbone.kind,
              backbone.hidden_size, backbone.max_length)
-    return Engine(backbone, metrics, settings)
+    return Engine(backbone, metrics, settings, open_store(settings))
+
+
+async def start_engine(settings: Settings, metrics: Metrics) -> Engine:
+    """Load the backbone off the event loop, then connect the store and restore runs."""
+    engine = await asyncio.to_thread(load_engine, settings, metrics)
+    await engine.start()
+    return engine
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,13 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         announce(app.state.keyring)
         log.info("r2m %s starting: loading backbone %s on %s", __version__,
                  settings.backbone or "(embedded default)", settings.device)
-        loading = asyncio.create_task(asyncio.to_thread(load_engine, settings, metrics))
+        loading = asyncio.create_task(start_engine(settings, metrics))
         progress = asyncio.create_task(_log_loading_progress(loading))
 
         def ready(task: asyncio.Task[Engine]) -> None:
             if not task.cancelled() and task.exception() is None:
                 app.state.engine = task.result()
-                app.state.engine.start()
             elif not task.cancelled():
                 app.state.load_error = f"{type(task.exception()).__name__}: {task.exception()}"
                 log.error("backbone failed to load", exc_info=task.exception())

@@ -61,7 +61,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["ops"])
 async def readyz(engine: EngineDep) -> dict[str, str]:
-    """Ready to score: the backbone is loaded."""
+    """Ready to serve: the backbone is loaded and the state store answers."""
+    await engine.store.ping()
     return {"status": "ready"}
 
 
@@ -90,13 +91,13 @@ async def create_run(body: CreateRunRequest, engine: EngineDep) -> RunInfo:
 
 @router.get("/v1/runs/{run_id}", tags=["runs"], dependencies=[require(Scope.SCORE)])
 async def get_run(run_id: str, engine: EngineDep) -> RunInfo:
-    return engine.get_run(run_id)
+    return await engine.get_run(run_id)
 
 
 @router.delete("/v1/runs/{run_id}", status_code=204, tags=["runs"],
                dependencies=[require(Scope.ADMIN)])
 async def delete_run(run_id: str, engine: EngineDep) -> Response:
-    engine.delete_run(run_id)
+    await engine.delete_run(run_id)
     return Response(status_code=204)
 
 

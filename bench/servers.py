@@ -1,0 +1,115 @@
+"""Real `r2m serve` processes for the benchmarks, shared within one `r2m bench` invocation, and
+Prometheus scrapes of them.
+
+A server takes several seconds to start on two cores, so benchmarks that want the same server
+(same flags, same environment) share one; every benchmark measures with unique texts and reads
+metrics as deltas, so sharing changes no number. Servers run with the production allocator
+tunables (Dockerfile) and an explicit torch thread count, both recorded in each result.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from r2m_bench.common import GLIBC_TUNABLES, MiB
+from r2m_service.launch import LocalServer, start_local_server
+
+TORCH_THREADS = 2
+MAX_BODY_BYTES = 512 * MiB
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: `r2m serve` flags and `R2M_*`/allocator environment."""
+
+    backbone: str | None = None
+    torch_threads: int = TORCH_THREADS
+    batching: bool = True
+    glibc_tunables: bool = True
+    max_length: int | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+    def args(self) -> list[str]:
+        args = ["--torch-threads", str(self.torch_threads), "--max-body-bytes",
+                str(self.max_body_bytes), "--log-level", "warning"]
+        if self.backbone:
+            args += ["--backbone", self.backbone]
+        if self.max_length:
+            args += ["--max-length", str(self.max_length)]
+        return [*args, *self.extra]
+
+    def env(self) -> dict[str, str]:
+        env = {"R2M_BATCHING": "true" if self.batching else "false"}
+        if self.glibc_tunables:
+            env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+        return env
+
+    def record(self) -> dict[str, Any]:
+        """What a result file says about the server it measured."""
+        return {"args": self.args(), "env": self.env(),
+                "backbone": self.backbone or "embedded default (all-MiniLM-L6-v2)"}
+
+
+class ServerPool:
+    """Starts each distinct `ServerSpec` once; stops them all on close."""
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="r2m-bench-")
+        self.log_dir = Path(log_dir or self._tmp.name)  # type: ignore[union-attr]
+        self._servers: dict[ServerSpec, LocalServer] = {}
+
+    def get(self, spec: ServerSpec) -> LocalServer:
+        if spec not in self._servers:
+            self._servers[spec] = start_local_server(self.log_dir, *spec.args(), env=spec.env(),
+                                                     timeout=300)
+        return self._servers[spec]
+
+    def prestart(self, specs: Iterable[ServerSpec]) -> None:
+        """Start several servers at once (their loading overlaps: faster than one by one)."""
+        missing = [s for s in dict.fromkeys(specs) if s not in self._servers]
+        with ThreadPoolExecutor(max(1, len(missing))) as threads:
+            started = list(threads.map(
+                lambda s: start_local_server(self.log_dir, *s.args(), env=s.env(), timeout=300),
+                missing))
+        self._servers.update(zip(missing, started, strict=True))
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+        self._servers.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> ServerPool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of `/metrics`, keyed by (sample name, sorted labels)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def histogram_delta(before: Samples, after: Samples, name: str, **labels: str
+                    ) -> dict[str, float]:
+    """Sum, count and mean of one histogram series between two scrapes."""
+    key = tuple(sorted(labels.items()))
+    total = after.get((f"{name}_sum", key), 0.0) - before.get((f"{name}_sum", key), 0.0)
+    n = after.get((f"{name}_count", key), 0.0) - before.get((f"{name}_count", key), 0.0)
+    return {"sum": total, "count": n, "mean": total / n if n else 0.0}

@@ -1,0 +1,260 @@
+"""Redis store: N replicas behind a load balancer serve the same runs (DESIGN.md "State and
+scale-out", MEASURED.md "Redis").
+
+Keys (hash-tagged per run, so a run's keys share a cluster slot):
+  {p}:runs                       set of run ids
+  {p}:run:{id}:head              JSON {version, step?, chunks}: the current version (atomic switch)
+  {p}:run:{id}:state:{v}:{i}     chunk i of version v's state (immutable once written)
+  {p}:run:{id}:lock              update lock: random token, with a lease (PX)
+  {p}:run:{id}:idem:{key}        response JSON of an applied update (EX ttl)
+  {p}:rte:{key}                  reward token embedding (float32 bytes, EX ttl)
+  channel {p}:events             {"run", "version"} or {"run", "deleted": true}
+
+An update writes its state chunks under new keys, then one Lua script checks that the lock is
+still ours and switches `head` + records the idempotency key; only then is the version visible.
+A crashed holder's lease runs out. Pub/sub wakes replicas early; `head` is still checked on every
+score because notifications are lost while a replica is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from r2m_service.rte_cache import LRUCache
+from r2m_service.state.base import EventHandler, RunLock, StateStore, StoreUnavailable
+from r2m_service.state.redis_rte import RedisRTECache
+
+log = logging.getLogger(__name__)
+
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4]) end
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_OLD_VERSION_TTL_S = 300  # replicas still loading the previous version get to finish
+
+
+class LockLost(StoreUnavailable):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"the update lock of {run_id} expired before the commit")
+
+
+class RedisStore(StateStore):
+    shared = True
+    persistent = True
+
+    def __init__(self, url: str, *, prefix: str = "r2m", lock_lease_s: float = 30.0,
+                 lock_wait_s: float = 60.0, idempotency_ttl_s: float = 86400.0,
+                 chunk_bytes: int = 8 * 1024 * 1024, rte_cache_size: int = 65536,
+                 rte_ttl_s: float = 86400.0) -> None:
+        options = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0,
+                   "health_check_interval": 10}
+        self._redis = aioredis.Redis.from_url(url, **options)
+        self._prefix = prefix
+        self._lease_ms = int(lock_lease_s * 1000)
+        self._lock_wait_s = lock_wait_s
+        self._idempotency_ttl_s = int(idempotency_ttl_s)
+        self._chunk_bytes = chunk_bytes
+        self._commit = self._redis.register_script(_COMMIT)
+        self._release = self._redis.register_script(_RELEASE)
+        self._renew = self._redis.register_script(_RENEW)
+        self._listener: asyncio.Task[None] | None = None
+        self.rte_cache = RedisRTECache(LRUCache(rte_cache_size), redis.Redis.from_url(
+            url, **options), f"{prefix}:rte:", int(rte_ttl_s))
+
+    # ---- keys ---------------------------------------------------------------------------------
+
+    def _run_key(self, run_id: str, *parts: object) -> str:
+        return ":".join([f"{self._prefix}:run:{{{run_id}}}", *map(str, parts)])
+
+    @property
+    def _channel(self) -> str:
+        return f"{self._prefix}:events"
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, on_event: EventHandler) -> None:
+        self._listener = asyncio.create_task(self._listen(on_event), name="r2m-redis-events")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+        self.rte_cache.close()
+
+    async def ping(self) -> None:
+        async with _available("ping"):
+            await self._redis.ping()
+
+    # ---- runs ---------------------------------------------------------------------------------
+
+    async def create(self, run_id: str, state: bytes | None) -> None:
+        assert state is not None
+        async with _available("create run"):
+            chunks = await self._write_state(run_id, 0, state)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._run_key(run_id, "head"), json.dumps({"version": 0,
+                                                                     "chunks": chunks}))
+                pipe.sadd(f"{self._prefix}:runs", run_id)
+                await pipe.execute()
+
+    async def load(self, run_id: str) -> bytes | None:
+        async with _available("load run"):
+            for _ in range(3):  # the head may move on between reading it and its chunks
+                head = await self._head(run_id)
+                if head is None:
+                    return None
+                keys = [self._run_key(run_id, "state", head["version"], i)
+                        for i in range(head["chunks"])]
+                parts = await self._redis.mget(keys)
+                if all(p is not None for p in parts):
+                    return b"".join(parts)
+        raise StoreUnavailable(f"the state of {run_id} kept changing while it was read")
+
+    async def head(self, run_id: str) -> int | None:
+        async with _available("version check"):
+            head = await self._head(run_id)
+        return None if head is None else int(head["version"])
+
+    async def delete(self, run_id: str) -> None:
+        async with _available("delete run"):
+            head = await self._head(run_id)
+            keys = [self._run_key(run_id, "head")]
+            if head is not None:
+                keys += [self._run_key(run_id, "state", head["version"], i)
+                         for i in range(head["chunks"])]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*keys)
+                pipe.srem(f"{self._prefix}:runs", run_id)
+                pipe.publish(self._channel, json.dumps({"run": run_id, "deleted": True}))
+                await pipe.execute()
+
+    async def stored_run_ids(self) -> list[str]:
+        return []  # loaded lazily, on first use, by whichever replica needs them
+
+    # ---- updates ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def update_lock(self, run_id: str) -> AsyncIterator[RunLock]:
+        key = self._run_key(run_id, "lock")
+        token = secrets.token_hex(16)
+        async with _available("update lock"):
+            await self._acquire(key, token, run_id)
+        renewer = asyncio.create_task(self._keep_alive(key, token))
+        try:
+            yield RunLock(token)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            with contextlib.suppress(RedisError, OSError):  # else the lease frees it
+                await self._release(keys=[key], args=[token])
+
+    async def recorded_response(self, run_id: str, key: str) -> str | None:
+        async with _available("idempotency check"):
+            value = await self._redis.get(self._run_key(run_id, "idem", key))
+        return None if value is None else value.decode()
+
+    async def commit(self, run_id: str, version: int, state: bytes | None, response_json: str,
+                     idempotency_key: str | None, lock: RunLock) -> None:
+        assert state is not None
+        async with _available("commit"):
+            chunks = await self._write_state(run_id, version, state)
+            idem_key = self._run_key(run_id, "idem", idempotency_key or "-")
+            committed = await self._commit(
+                keys=[self._run_key(run_id, "lock"), self._run_key(run_id, "head"), idem_key],
+                args=[lock.token, json.dumps({"version": version, "chunks": chunks}),
+                      response_json if idempotency_key else "", self._idempotency_ttl_s])
+            if not committed:
+                raise LockLost(run_id)
+            await self._retire(run_id, version - 1)
+            await self._redis.publish(self._channel, json.dumps({"run": run_id,
+                                                                 "version": version}))
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    async def _head(self, run_id: str) -> dict[str, int] | None:
+        raw = await self._redis.get(self._run_key(run_id, "head"))
+        return None if raw is None else json.loads(raw)
+
+    async def _write_state(self, run_id: str, version: int, state: bytes) -> int:
+        view = memoryview(state)
+        chunks = max(1, -(-len(view) // self._chunk_bytes))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for i in range(chunks):
+                part = view[i * self._chunk_bytes:(i + 1) * self._chunk_bytes]
+                pipe.set(self._run_key(run_id, "state", version, i), bytes(part))
+            await pipe.execute()
+        return chunks
+
+    async def _retire(self, run_id: str, version: int) -> None:
+        """Let the superseded version's chunks expire (they are immutable; readers finish)."""
+        if version < 0:
+            return
+        pattern = self._run_key(run_id, "state", version, "*")
+        async for key in self._redis.scan_iter(match=pattern, count=100):
+            await self._redis.expire(key, _OLD_VERSION_TTL_S)
+
+    async def _acquire(self, key: str, token: str, run_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lock_wait_s
+        delay = 0.005
+        while not await self._redis.set(key, token, nx=True, px=self._lease_ms):
+            if loop.time() > deadline:
+                raise StoreUnavailable(f"run {run_id} stayed locked by another update for "
+                                       f"{self._lock_wait_s:.0f}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _keep_alive(self, key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            with contextlib.suppress(RedisError, OSError):
+                await self._renew(keys=[key], args=[token, self._lease_ms])
+
+    async def _listen(self, on_event: EventHandler) -> None:
+        """Deliver version/delete events; reconnect with backoff when Redis goes away."""
+        delay = 0.1
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    delay = 0.1
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        event = json.loads(message["data"])
+                        on_event(event["run"], None if event.get("deleted") else
+                                 int(event["version"]))
+            except (RedisError, OSError) as exc:
+                log.warning("redis notifications interrupted (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+@contextlib.asynccontextmanager
+async def _available(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"redis {what}: {exc}") from exc

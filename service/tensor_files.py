@@ -1,0 +1,31 @@
+"""float32 tensors ↔ safetensors bytes, deterministic, through the proto codec (no second
+safetensors implementation, and the same bytes for the same state)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from r2m_proto.safetensors_body import decode_safetensors, encode_safetensors
+
+
+def dump_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Deterministic safetensors bytes (float32, CPU) via the proto encoder."""
+    parts = []
+    for name, tensor in tensors.items():
+        data = tensor.detach().to("cpu", torch.float32).contiguous()
+        parts.append((name, "float32", tuple(data.shape), data.numpy().tobytes()))
+    return b"".join(encode_safetensors(parts, metadata))
+
+
+def load_tensors(data: bytes | bytearray) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    metadata, views = decode_safetensors(bytearray(data))
+    tensors = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for name, view in views.items():
+            flat = (torch.frombuffer(view.data, dtype=torch.float32) if view.nbytes
+                    else torch.empty(0))
+            tensors[name] = flat.view(view.shape).clone()
+    return metadata, tensors
