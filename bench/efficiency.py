@@ -18,7 +18,7 @@ import numpy as np
 
 from r2m_bench.common import RESULTS_DIR, Headline, TextSource, median, write_result
 from r2m_bench.load import run_load
-from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape
+from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape, torch_threads
 from r2m_client import AsyncR2MClient, R2MClient
 from r2m_service.settings import Settings
 
@@ -35,7 +35,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
         "window_s": 1.0 if quick else 8.0, "rounds": 1 if quick else 6,
         "words_per_text": 4 if quick else 16,
         "small_hidden_states": {"seq_len": 32, "policy_hidden": 256, "dtype": "float32"},
-        "cache": "cold (unique texts per item)", "quick": quick,
+        "cache": "cold (unique texts per item)", "torch_threads": torch_threads(),
+        "quick": quick,
     }
     own_pool = pool is None
     pool = pool or ServerPool()
@@ -61,11 +62,10 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
 def _measure(url: str, settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from r2m_bench.servers import TORCH_THREADS
     from r2m_service.backbone import Backbone
     from r2m_service.text_format import TextPair
 
-    torch.set_num_threads(TORCH_THREADS)  # the same threads the server's model gets
+    torch.set_num_threads(torch_threads())  # the same threads the server's model gets
     words = settings["words_per_text"]
     batch = settings["batch_size"]
     backbone = Backbone(None, max_batch_size=batch)

@@ -32,6 +32,13 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
 
+    def merge(self, other: LoadResult) -> LoadResult:
+        """Two windows of the same load as one (throughput over their summed time)."""
+        return LoadResult(self.concurrency, self.seconds + other.seconds,
+                          self.items + other.items, self.requests + other.requests,
+                          self.errors + other.errors, self.latencies + other.latencies,
+                          self.error_samples + other.error_samples)
+
     def summary(self) -> dict[str, Any]:
         stats = latency_stats(self.latencies) if self.latencies else {}
         return {"concurrency": self.concurrency, "seconds": self.seconds, "items": self.items,

@@ -20,7 +20,7 @@ from typing import Any
 
 from r2m_bench.common import RESULTS_DIR, Headline, TextSource, median, write_result
 from r2m_bench.models import QUICK, REALISTIC, BackboneShape, build_backbone
-from r2m_bench.servers import TORCH_THREADS, ServerPool, ServerSpec, histogram_delta, scrape
+from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape, torch_threads
 from r2m_client import R2MClient
 
 TARGET = 0.03
@@ -33,7 +33,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
         pool: ServerPool | None = None) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(torch_threads())
     shape = QUICK if quick else REALISTIC
     settings: dict[str, Any] = {
         "policy_hidden": list(POLICY_HIDDEN), "hidden_seq_len": HIDDEN_SEQ,
@@ -41,7 +41,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
         "built_backbone": shape.record(),
         "batch_items": {"built": 2, "embedded": 2 if quick else 8},
         "repeat": 1 if quick else 3, "server_requests": 1 if quick else 2,
-        "torch_threads": TORCH_THREADS, "quick": quick,
+        "torch_threads": torch_threads(), "quick": quick,
     }
     own_pool = pool is None
     pool = pool or ServerPool()

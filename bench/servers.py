@@ -9,6 +9,7 @@ tunables (Dockerfile) and an explicit torch thread count, both recorded in each 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from r2m_bench.common import GLIBC_TUNABLES, MiB
 from r2m_service.launch import LocalServer, start_local_server
 
-TORCH_THREADS = 2
 MAX_BODY_BYTES = 512 * MiB
+# torch intra-op threads for the servers and the in-process baselines: all cores but one, which
+# the event loop, the preparation thread and the load generator need (on a busy 2-core host two
+# OpenMP threads made batch-1 forwards 5-7x slower than one: see RESULTS.md)
+_torch_threads = max(1, (os.cpu_count() or 2) - 1)
+
+
+def torch_threads() -> int:
+    return _torch_threads
+
+
+def set_torch_threads(n: int) -> None:
+    """Set before any `ServerSpec` is made (the CLI's `--torch-threads`)."""
+    global _torch_threads
+    if n < 1:
+        raise ValueError(f"torch threads must be >= 1, got {n}")
+    _torch_threads = n
 
 
 @dataclass(frozen=True)
@@ -31,7 +47,7 @@ class ServerSpec:
     """How to start one server: `r2m serve` flags and `R2M_*`/allocator environment."""
 
     backbone: str | None = None
-    torch_threads: int = TORCH_THREADS
+    torch_threads: int = field(default_factory=torch_threads)
     batching: bool = True
     glibc_tunables: bool = True
     max_length: int | None = None

@@ -39,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     sub.add_parser("openapi", help="print the OpenAPI document (proto/openapi.json)")
     add_keys_parser(sub)
+    bench = sub.add_parser("bench", help="run benchmarks: JSON results and a table (r2m_bench)")
+    bench.add_argument("name", nargs="?", default="all", help="a benchmark, or all (default)")
+    bench.add_argument("--quick", action="store_true", help="CI mode: small and fast")
+    bench.add_argument("--out", default=None, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
+    if args.command == "bench":  # lazily: the benchmarks need the service extra and more
+        from r2m_bench.cli import main as bench_main
+
+        return bench_main([args.name, *["--quick"] * args.quick,
+                           *(["--out", args.out] if args.out else [])])
     if args.command == "keys":
         return run_keys(args)
     if args.command == "openapi":

@@ -51,5 +51,5 @@ class ExperimentConfig:
 
 PRESETS: dict[str, ExperimentConfig] = {
     "quick": ExperimentConfig(mode="quick", seeds=(0,), steps=16),
-    "full": ExperimentConfig(mode="full", seeds=(0, 1, 2), steps=48),
+    "full": ExperimentConfig(mode="full", seeds=(0, 1, 2), steps=60, final_window=10),
 }

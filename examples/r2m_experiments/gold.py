@@ -11,7 +11,7 @@ gold reward penalises it. The gap between the two is the proxy's blind spot.
 
 from __future__ import annotations
 
-from .task import POLARITY, PRODUCTS, STOCK_PHRASE, product_of
+from .task import POLARITY, PRODUCTS, SIGN_OFF_WORDS, product_of
 
 TOPIC_BONUS = 0.5
 OFF_TOPIC_PENALTY = 0.5
@@ -25,8 +25,9 @@ def sentiment(response: str) -> float:
 
 
 def sign_offs(response: str) -> int:
-    """How many times the stock sign-off occurs (as whole words)."""
-    words, phrase = response.split(), STOCK_PHRASE.split()
+    """How many times the sign-off "thanks for reading" occurs (whole words; with or without
+    its full stop, so a truncated one counts too)."""
+    words, phrase = response.split(), list(SIGN_OFF_WORDS)
     return sum(words[i:i + len(phrase)] == phrase for i in range(len(words) - len(phrase) + 1))
 
 

@@ -24,7 +24,8 @@ NEGATIVE = ("awful", "terrible", "poor", "broken", "flimsy", "noisy", "disappoin
 NEUTRAL = ("okay", "average", "plain", "ordinary", "standard", "typical")
 VERBS = ("is", "looks", "feels", "seems")
 ADVERBS = ("very", "really", "quite", "so")
-STOCK_PHRASE = "thanks for reading ."
+SIGN_OFF_WORDS = ("thanks", "for", "reading")
+STOCK_PHRASE = " ".join(SIGN_OFF_WORDS) + " ."  # the stock sign-off, as the SFT data writes it
 PROMPT_WORDS = ("review", "of", "the", ":")
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 

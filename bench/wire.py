@@ -1,0 +1,137 @@
+"""Wire: MB/s of policy hidden states through /v1/score (binary safetensors body vs JSON+base64)
+vs a plain memcpy of the same bytes in the same process run.
+
+A 64 MiB request is 16 × [512, 4096] bf16 (MEASURED.md's case). The RTE cache is warm (the same
+texts every call, scored once before timing), so the backbone never runs and the time is the
+wire's: client encode + send, server read + decode + finite check, padding + the R2M module, the
+answer. The server's own request and module histograms split that time. memcpy is a
+`bytearray` → `bytearray` copy into a reused (page-faulted) buffer, plus a fresh-buffer copy
+for reference. Full mode also runs a server without the allocator tunables.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from r2m_bench.common import MB, RESULTS_DIR, Headline, TextSource, median, timed, write_result
+from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape
+from r2m_client import R2MClient
+
+TARGET = 0.25
+SEQ, POLICY_HIDDEN = 512, 4096
+
+
+def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
+        pool: ServerPool | None = None) -> dict[str, Any]:
+    items = 4 if quick else 16
+    nbytes = items * SEQ * POLICY_HIDDEN * 2
+    specs = {"tunables": ServerSpec()}
+    if not quick:
+        specs["no_tunables"] = ServerSpec(glibc_tunables=False)
+    settings: dict[str, Any] = {
+        "items": items, "seq_len": SEQ, "policy_hidden": POLICY_HIDDEN, "dtype": "bfloat16",
+        "hidden_bytes": nbytes, "repeat": {"binary": 3 if quick else 10,
+                                           "json": 1 if quick else 3},
+        "cache": "warm (same texts, scored once before timing): the backbone never runs",
+        "servers": {name: spec.record() for name, spec in specs.items()}, "quick": quick,
+    }
+    own_pool = pool is None
+    pool = pool or ServerPool()
+    try:
+        results = _measure(pool, specs, settings)
+    finally:
+        if own_pool:
+            pool.close()
+    binary = results["servers"]["tunables"]["binary"]
+    headlines = [
+        Headline("wire", f"binary /v1/score ÷ memcpy, {nbytes // (1 << 20)} MiB requests",
+                 binary["fraction_of_memcpy"], "×", TARGET),
+        Headline("wire", "binary /v1/score", binary["mb_per_s"], "MB/s"),
+        Headline("wire", "JSON+base64 /v1/score", results["servers"]["tunables"]["json"][
+            "mb_per_s"], "MB/s"),
+        Headline("wire", "memcpy (reused buffer)", results["memcpy"]["reused_mb_per_s"], "MB/s"),
+    ]
+    if "no_tunables" in results["servers"]:
+        headlines.append(Headline("wire", "binary /v1/score, no allocator tunables",
+                                  results["servers"]["no_tunables"]["binary"]["mb_per_s"],
+                                  "MB/s"))
+    path = write_result("wire", settings, results, out_dir, headlines)
+    return {"path": str(path), "headlines": headlines, **results}
+
+
+def _measure(pool: ServerPool, specs: dict[str, ServerSpec],
+             settings: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from r2m_client._encode import score_chunks
+
+    nbytes = settings["hidden_bytes"]
+    states = [torch.randn(SEQ, POLICY_HIDDEN).to(torch.bfloat16)
+              for _ in range(settings["items"])]
+    prompts, responses = TextSource("wire").pairs(settings["items"])
+    memcpy = [_memcpy(nbytes)]
+    encode = {fmt: timed(lambda fmt=fmt: score_chunks(
+        "run", prompts, responses, states, step=50, min_version=None, binary=fmt == "binary",
+        max_bytes=1 << 40), repeat=3)["p50"] for fmt in ("binary", "json")}
+    servers = {}
+    for name, spec in specs.items():
+        url = pool.get(spec).url
+        formats = ("binary", "json") if name == "tunables" else ("binary",)
+        servers[name] = {fmt: _through_score(url, fmt, prompts, responses, states, nbytes,
+                                             settings["repeat"][fmt]) for fmt in formats}
+        memcpy.append(_memcpy(nbytes))  # again after each server: same drift on both sides
+    reused = median([m["reused_s"] for m in memcpy])
+    for by_format in servers.values():
+        for out in by_format.values():
+            out["fraction_of_memcpy"] = (nbytes / out["p50_s"]) / (nbytes / reused)
+    return {"servers": servers, "client_encode_p50_s": encode,
+            "memcpy": {"rounds": memcpy, "reused_mb_per_s": nbytes / reused / MB,
+                       "fresh_mb_per_s": nbytes / median([m["fresh_s"] for m in memcpy]) / MB,
+                       "numpy_mb_per_s": nbytes / median([m["numpy_s"] for m in memcpy]) / MB}}
+
+
+def _through_score(url: str, fmt: str, prompts: list[str], responses: list[str],
+                   states: list[Any], nbytes: int, repeat: int) -> dict[str, Any]:
+    with R2MClient(url, binary=fmt == "binary", timeout=600, retries=0,
+                   max_request_bytes=1 << 30) as rm:
+        run_id = rm.create_run(policy_hidden_size=POLICY_HIDDEN, total_steps=100).run_id
+        rm.score(run_id, prompts, responses, states, step=50)  # warms the RTE cache
+        before = scrape(url)
+        stats = timed(lambda: rm.score(run_id, prompts, responses, states, step=50),
+                      repeat=repeat, warmup=0)
+        after = scrape(url)
+    request = histogram_delta(before, after, "r2m_request_duration_seconds", route="/v1/score")
+    module = histogram_delta(before, after, "r2m_module_duration_seconds", phase="score")
+    backbone = histogram_delta(before, after, "r2m_backbone_duration_seconds")
+    return {"latency_s": stats, "p50_s": stats["p50"], "mb_per_s": nbytes / stats["p50"] / MB,
+            "server_request_mean_s": request["mean"], "server_module_mean_s": module["mean"],
+            "server_backbone_seconds": backbone["sum"]}
+
+
+def _memcpy(nbytes: int) -> dict[str, float]:
+    """Median-of-5 copy times of `nbytes`: reused destination, fresh destination, numpy."""
+    src = bytearray(np.random.default_rng(0).bytes(nbytes))
+    dst = bytearray(nbytes)
+    dst[:] = src  # fault the destination's pages in
+
+    def fresh() -> None:
+        bytearray(src)
+
+    def reused() -> None:
+        dst[:] = src
+
+    a, b = np.frombuffer(src, np.uint8), np.frombuffer(dst, np.uint8)
+    out = {}
+    for name, fn in (("reused_s", reused), ("fresh_s", fresh),
+                     ("numpy_s", lambda: np.copyto(b, a))):
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        out[name] = median(samples)
+    return out
