@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from r2m_client._tensors import HiddenStates, WireArray, hidden_states_to_wire
+from r2m_client._tensors import HiddenStates, hidden_states_to_wire
 from r2m_client.types import Group, Pair
 from r2m_proto import (
     JSON_MEDIA_TYPE,
@@ -30,7 +30,7 @@ from r2m_proto import (
     WireTensor,
     encode_safetensors,
 )
-from r2m_proto.tensors import encode_wire_tensor
+from r2m_proto.tensors import TensorView, encode_wire_tensor
 
 # httpx sends one big `bytes` body in quadratic time; 1 MiB slices keep it linear (MEASURED.md).
 SLICE_BYTES = 1 << 20
@@ -75,7 +75,7 @@ class _TensorSink:
         self.binary = binary
         self.tensors: list[tuple[str, str, tuple[int, ...], memoryview]] = []
 
-    def field(self, name: str, array: WireArray) -> WireTensor | str:
+    def field(self, name: str, array: TensorView) -> WireTensor | str:
         if self.binary:
             self.tensors.append((name, array.dtype, array.shape, array.data))
             return name
@@ -199,7 +199,7 @@ def update_body(
     return sink.body(request)
 
 
-def _item_cost(prompt: str, response: str, hidden: WireArray | None, binary: bool) -> int:
+def _item_cost(prompt: str, response: str, hidden: TensorView | None, binary: bool) -> int:
     tensor = 0 if hidden is None else hidden.nbytes if binary else 4 * math.ceil(hidden.nbytes / 3)
     return _ITEM_OVERHEAD + _text_bytes(prompt, binary) + _text_bytes(response, binary) + tensor
 

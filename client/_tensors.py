@@ -9,10 +9,11 @@ tensor is recognised by its type's module, and the torch it needs is the one tha
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+
+from r2m_proto.tensors import TensorView
 
 if TYPE_CHECKING:
     import torch
@@ -26,20 +27,7 @@ _TORCH_DTYPES = {"torch.float32": "float32", "torch.float16": "float16",
                  "torch.bfloat16": "bfloat16"}
 
 
-@dataclass(frozen=True)
-class WireArray:
-    """One tensor ready for the wire; `data` is a flat byte view that keeps its owner alive."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    data: memoryview
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
-
-
-def hidden_states_to_wire(x: HiddenStates, field: str) -> WireArray:
+def hidden_states_to_wire(x: HiddenStates, field: str) -> TensorView:
     """Check that `x` is a 2-D [S, D_p] float tensor and expose its little-endian bytes.
 
     `field` names the argument in error messages, e.g. `items.3.hidden_states`.
@@ -56,7 +44,7 @@ def hidden_states_to_wire(x: HiddenStates, field: str) -> WireArray:
         raise TypeError(f"{field}: expected a numpy.ndarray or torch.Tensor, got "
                         f"{type(x).__module__}.{type(x).__qualname__}")
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return WireArray(dtype=dtype, shape=tuple(little.shape),
+    return TensorView(dtype=dtype, shape=tuple(little.shape),
                      data=memoryview(little.reshape(-1).view(np.uint8)))
 
 

@@ -23,7 +23,6 @@ from r2m_service.http.errors import install_error_handlers
 from r2m_service.http.openapi import install_openapi
 from r2m_service.http.request_context import RequestContextMiddleware
 from r2m_service.http.routes import router
-from r2m_service.http.timing import TimingMiddleware
 from r2m_service.metrics import Metrics
 from r2m_service.settings import Settings
 from r2m_service.state.factory import open_store
@@ -88,8 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_auth(app, settings)
     install_openapi(app)
-    app.add_middleware(TimingMiddleware, metrics=metrics)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 
 

@@ -1,4 +1,5 @@
-"""Request ids and the access log, as a pure ASGI middleware (bodies stream through untouched).
+"""Request ids, the access log and per-route latency/failure metrics, as one pure ASGI middleware
+(bodies stream through untouched).
 
 A trainer that sends `X-Request-ID` can find its request in the service's logs (and the id comes
 back on the response either way), so one id follows a call from the client through a load
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r2m_proto.media import REQUEST_ID_HEADER
 from r2m_service.logging_setup import request_id_var
+from r2m_service.metrics import Metrics
 
 access_log = logging.getLogger("r2m.access")
 
@@ -37,8 +39,9 @@ def accept_request_id(value: bytes | None) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,11 +66,16 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")  # the template: few series
+            self.metrics.request_duration.labels(route).observe(seconds)
+            if status >= 400:
+                self.metrics.request_failures.labels(route, str(status)).inc()
             path = scope.get("path", "")
             access_log.log(
                 logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
                 "%s %s %d", scope.get("method", ""), path, status,
                 extra={"method": scope.get("method", ""), "path": path, "status": status,
-                       "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                       "duration_ms": round(seconds * 1000, 3),
                        "client": (scope.get("client") or ("", 0))[0],
                        "key": scope.get("state", {}).get("api_key_name")})
