@@ -43,6 +43,7 @@ from r2m_proto.media import RETRY_AFTER_HEADER
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_REQUEST_ITEMS = 1024  # the server's default --max-items
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -84,12 +85,15 @@ class BaseR2MClient:
         binary: bool = True,
         api_key: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_request_items: int = DEFAULT_MAX_REQUEST_ITEMS,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        if max_request_bytes <= 0:
-            raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
+        if max_request_bytes <= 0 or max_request_items <= 0:
+            raise ValueError("max_request_bytes and max_request_items must be positive, got "
+                             f"{max_request_bytes} and {max_request_items}")
         self.binary = binary
         self.max_request_bytes = max_request_bytes
+        self.max_request_items = max_request_items
         self.retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = self._http_class(base_url=base_url, timeout=timeout,
@@ -130,7 +134,8 @@ class BaseR2MClient:
     ) -> Call[ScoreResponse]:
         chunks = score_chunks(run_id, prompts, responses, hidden_states, step=step,
                               min_version=min_version, binary=self.binary,
-                              max_bytes=self.max_request_bytes)
+                              max_bytes=self.max_request_bytes,
+                              max_items=self.max_request_items)
         sizes = [chunk.size for chunk in chunks]
 
         def parse(answers: Sequence[httpx.Response]) -> ScoreResponse:

@@ -115,9 +115,11 @@ def score_chunks(
     min_version: int | None,
     binary: bool,
     max_bytes: int,
+    max_items: int | None = None,
 ) -> list[ScoreChunk]:
-    """Consecutive slices of the batch, each body at most `max_bytes` (an item that alone is
-    bigger goes alone; the server's limit then decides), in the caller's order."""
+    """Consecutive slices of the batch, each body at most `max_bytes` and `max_items` items (an
+    item that alone is bigger goes alone; the server's limit then decides), in the caller's
+    order."""
     n = _check_batch(prompts, responses, hidden_states)
     arrays = [None if h is None else hidden_states_to_wire(h, f"items.{i}.hidden_states")
               for i, h in enumerate([None] * n if hidden_states is None else hidden_states)]
@@ -125,7 +127,7 @@ def score_chunks(
     costs = [_item_cost(p, r, h, binary) for p, r, h in zip(prompts, responses, arrays,
                                                             strict=True)]
     chunks = []
-    for part in split_by_budget(costs, budget):
+    for part in split_by_budget(costs, budget, max_items):
         sink = _TensorSink(binary)
         items = []
         for j, i in enumerate(part):
@@ -154,12 +156,14 @@ def _check_batch(prompts: Sequence[str], responses: Sequence[str],
     return n
 
 
-def split_by_budget(costs: Sequence[int], budget: int) -> list[range]:
-    """Greedy consecutive ranges whose costs sum to at most `budget`; order is kept."""
+def split_by_budget(costs: Sequence[int], budget: int,
+                    max_count: int | None = None) -> list[range]:
+    """Greedy consecutive ranges whose costs sum to at most `budget` and that hold at most
+    `max_count` items; order is kept."""
     ranges: list[range] = []
     start, total = 0, 0
     for i, cost in enumerate(costs):
-        if i > start and total + cost > budget:
+        if i > start and (total + cost > budget or i - start == max_count):
             ranges.append(range(start, i))
             start, total = i, 0
         total += cost

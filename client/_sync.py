@@ -30,7 +30,8 @@ class R2MClient(BaseR2MClient):
     ```
     Constructor: `base_url`, `timeout` (seconds or `httpx.Timeout`), `retries` (count or
     `RetryPolicy`), `binary` (safetensors body instead of JSON+base64), `api_key` (sent as a
-    bearer token), `max_request_bytes` (score batches are split under it), `headers`.
+    bearer token), `max_request_bytes` / `max_request_items` (score batches are split under
+    both), `headers`.
     """
 
     _http_class: ClassVar[type[httpx.Client]] = httpx.Client

@@ -147,3 +147,13 @@ def test_split_batches_arrive_whole_and_in_order(llama_server: Server) -> None:
             return (await rm.score(run_id, prompts, responses, states, step=3)).rewards
 
     assert asyncio.run(concurrently()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_client_splits_by_the_servers_item_limit(limits_server: Server) -> None:
+    prompts, responses = texts("many", 20)  # the limits server takes 8 items per request
+    with R2MClient(limits_server.url, max_request_items=8) as rm:
+        run_id = rm.create_run(policy_hidden_size=D_P, total_steps=10).run_id
+        rewards = rm.score(run_id, prompts, responses).rewards
+        assert rewards == pytest.approx(
+            [rm.score(run_id, [p], [r]).rewards[0] for p, r in zip(prompts, responses,
+                                                                     strict=True)], abs=1e-5)

@@ -49,6 +49,7 @@ def test_split_by_budget_is_greedy_ordered_and_isolates_oversized_items() -> Non
     assert split_by_budget([4, 4, 4, 4], 8) == [range(0, 2), range(2, 4)]
     assert split_by_budget([3, 20, 3, 3], 8) == [range(0, 1), range(1, 2), range(2, 4)]
     assert split_by_budget([1] * 5, 100) == [range(0, 5)]
+    assert split_by_budget([1] * 5, 100, max_count=2) == [range(0, 2), range(2, 4), range(4, 5)]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["safetensors", "json"])
