@@ -137,21 +137,27 @@ class Engine:
         return ScoreResponse(rewards=rewards, version=version, step=step, omega=omega_t)
 
     async def _batch_loop(self) -> None:
+        """Form and run batches for ever; a failing batch fails its requests, never the loop."""
         while True:
             batch = await self.queue.next_batch()
             self.metrics.queue_size.set(self.queue.queued_items)
-            live = [item for item in batch if not item.job.future.done()]
-            if not live:
-                continue
             try:
-                rewards = await self._on_model(self._score_batch, live)
-            except Exception as exc:  # every request in the batch gets the error
-                for job in {item.job for item in live}:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            for item, reward in zip(live, rewards, strict=True):
-                item.job.deliver(item.index, reward)
+                await self._run_batch([item for item in batch if not item.job.future.done()])
+            except Exception:  # the batch's requests got the error; keep serving the rest
+                log.exception("score batch failed")
+
+    async def _run_batch(self, items: list[BatchItem]) -> None:
+        if not items:
+            return
+        try:
+            rewards = await self._on_model(self._score_batch, items)
+        except Exception as exc:
+            for job in {item.job for item in items}:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            raise
+        for item, reward in zip(items, rewards, strict=True):
+            item.job.deliver(item.index, reward)
 
     def _score_batch(self, items: Sequence[BatchItem]) -> list[float]:
         """One model batch: a backbone pass for the uncached items of every request in it, then
