@@ -7,6 +7,7 @@ Without `--url` it starts its own `r2m serve` (embedded all-MiniLM-L6-v2 backbon
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -51,12 +52,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--sft-steps", type=int)
     parser.add_argument("--fit-steps", type=int, help="BT updates that fit the proxy head")
+    parser.add_argument("--rm-lr", type=float, dest="rm_learning_rate",
+                        help="the runs' AdamW learning rate (head fit and online updates)")
     parser.add_argument("--final-window", type=int, help="steps averaged into final metrics")
     parser.add_argument("--out", type=Path, help="output dir (default examples/results/<mode>)")
     parser.add_argument("--url", help="use this running r2m service instead of starting one")
     parser.add_argument("--backbone", help="backbone dir for the service this command starts")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the policy")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--replot", action="store_true",
+                        help="only rebuild summary, table and plots from the JSON under --out")
     return parser.parse_args(argv)
 
 
@@ -65,7 +70,8 @@ def config_from(args: argparse.Namespace) -> ExperimentConfig:
     config = PRESETS[args.mode]
     overrides = {key: getattr(args, key) for key in (
         "arms", "seeds", "steps", "prompts_per_step", "responses_per_prompt", "max_new_tokens",
-        "sft_steps", "fit_steps", "final_window") if getattr(args, key) is not None}
+        "sft_steps", "fit_steps", "rm_learning_rate", "final_window")
+        if getattr(args, key) is not None}
     config = config.replace(**overrides)
     select_arms(config.arms)
     return config
@@ -91,41 +97,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_from(args)
     out = args.out or Path("examples/results") / config.mode
+    if args.replot:
+        return _replot(out)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    arms = execution_order(select_arms(config.arms))
-    records = []
     with service(args, out) as url, R2MClient(url, timeout=300) as client:
         info = client.info().model_dump(mode="json")
-        total = len(config.seeds) * len(arms) * config.steps
-        with tqdm(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
-            for seed in config.seeds:
-                bar.set_description(f"seed {seed} SFT")
-                prepared = prepare(config, seed)
-                for arm in arms:
-                    bar.set_description(f"seed {seed} {arm.name}")
-                    run_started = time.perf_counter()
+        records = run_all(client, config, info, out, progress=not args.no_progress)
+    meta = {"settings": config.to_json(), "service": info, "command": _command(argv),
+            "wall_time_s": time.perf_counter() - started}
+    print(write_outputs(records, meta, out))
+    return 0
 
-                    def on_step(row: dict[str, float]) -> None:
-                        bar.update(1)
-                        bar.set_postfix(gold=f"{row['gold_reward']:.2f}",
-                                        proxy=f"{row['proxy_reward']:.2f}", refresh=False)
 
-                    result = run_arm(client, prepared, arm, config, on_step)
-                    record = run_record(arm.name, seed, config.to_json(), info, result,
-                                        time.perf_counter() - run_started)
-                    write_json(out / "runs" / f"{arm.name}-seed{seed}.json", record)
-                    records.append(record)
-    summary = summarize(records)
-    summary.update(settings=config.to_json(), service=info,
-                   command=_command(argv), wall_time_s=time.perf_counter() - started)
+def run_all(client: R2MClient, config: ExperimentConfig, info: dict[str, object], out: Path,
+            *, progress: bool) -> list[dict[str, object]]:
+    """Every (seed, arm) run; each run's JSON is written as soon as it ends."""
+    arms = execution_order(select_arms(config.arms))
+    records = []
+    total = len(config.seeds) * len(arms) * config.steps
+    with tqdm(total=total, unit="step", disable=not progress, file=sys.stderr) as bar:
+        for seed in config.seeds:
+            bar.set_description(f"seed {seed} SFT")
+            prepared = prepare(config, seed)
+            for arm in arms:
+                bar.set_description(f"seed {seed} {arm.name}")
+                run_started = time.perf_counter()
+
+                def on_step(row: dict[str, float]) -> None:
+                    bar.update(1)
+                    bar.set_postfix(gold=f"{row['gold_reward']:.2f}",
+                                    proxy=f"{row['proxy_reward']:.2f}", refresh=False)
+
+                result = run_arm(client, prepared, arm, config, on_step)
+                record = run_record(arm.name, seed, config.to_json(), info, result,
+                                    time.perf_counter() - run_started)
+                write_json(out / "runs" / f"{arm.name}-seed{seed}.json", record)
+                records.append(record)
+    return records
+
+
+def write_outputs(records: Sequence[dict[str, object]], meta: dict[str, object],
+                  out: Path) -> str:
+    """summary.json, the three PNGs and results.md; returns the Markdown."""
+    summary = {**summarize(records), **meta}
     write_json(out / "summary.json", summary)
     plots = [plot_gold_vs_proxy(records, out / "gold_vs_proxy.png"),
              plot_discrepancy(records, out / "discrepancy.png"),
              plot_final_gold(summary, out / "final_gold.png")]
     markdown = results_markdown(summary, plots, out)
     (out / "results.md").write_text(markdown)
-    print(markdown)
+    return markdown
+
+
+def _replot(out: Path) -> int:
+    """Rebuild summary, plots and table from `out/runs/*.json` and the old summary's meta."""
+    old = json.loads((out / "summary.json").read_text())
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    meta = {key: old[key] for key in ("settings", "service", "command", "wall_time_s")}
+    print(write_outputs(records, meta, out))
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from statistics import fmean
 
@@ -46,6 +46,21 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - started
+
+
+def step_metrics(prompts: Sequence[str], responses: Sequence[str], proxy: Sequence[float],
+                 kl: torch.Tensor) -> dict[str, float]:
+    """What one step's samples say about overoptimization (means over the n·K samples)."""
+    gold = [gold_reward(p, r) for p, r in zip(prompts, responses, strict=True)]
+    return {
+        "proxy_reward": fmean(proxy),
+        "gold_reward": fmean(gold),
+        "kl": float(kl.mean()),
+        "length": fmean(len(r.split()) for r in responses),
+        "spearman": spearman(proxy, gold),
+        "discrepancy": discrepancy(proxy, gold),
+        "sign_off_rate": fmean(sign_offs(r) > 0 for r in responses),
+    }
 
 
 def run_arm(client: R2MClient, prepared: Prepared, arm: Arm, config: ExperimentConfig,
@@ -88,22 +103,12 @@ def run_arm(client: R2MClient, prepared: Prepared, arm: Arm, config: ExperimentC
                     update = proxy.update(samples.prompts, samples.responses,
                                           update_feedback(arm, result.fresh_hidden, noise),
                                           scored.rewards, k, step)
-            gold = [gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses,
-                                                       strict=True)]
-            row = {
-                "step": float(step),
-                "proxy_reward": fmean(scored.rewards),
-                "gold_reward": fmean(gold),
-                "kl": float(result.kl.mean()),
-                "length": fmean(len(r.split()) for r in samples.responses),
-                "spearman": spearman(scored.rewards, gold),
-                "discrepancy": discrepancy(scored.rewards, gold),
-                "sign_off_rate": fmean(sign_offs(r) > 0 for r in samples.responses),
-                "omega": scored.omega,
-                "policy_loss": result.loss,
-                "rm_loss": float("nan") if update is None else update.loss,
-                **{f"time_{phase}": s for phase, s in timer.seconds.items()},
-            }
+            row = {"step": float(step),
+                   **step_metrics(samples.prompts, samples.responses, scored.rewards,
+                                  result.kl),
+                   "omega": scored.omega, "policy_loss": result.loss,
+                   "rm_loss": float("nan") if update is None else update.loss,
+                   **{f"time_{phase}": s for phase, s in timer.seconds.items()}}
             for key, value in row.items():
                 series[key].append(value)
             if on_step is not None:

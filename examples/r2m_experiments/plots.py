@@ -3,7 +3,8 @@
 - `gold_vs_proxy.png`: per arm, gold (left axis) and proxy (right axis) reward over RL steps,
   mean over seeds with a ±1 std band. Proxy scales differ by arm (each arm's RM drifts on its own),
   so each panel has its own proxy axis.
-- `discrepancy.png`: E|z(proxy) − z(gold)| and the sign-off rate over steps, all arms.
+- `discrepancy.png`: E|z(proxy) − z(gold)|, the sign-off rate and the response length over
+  steps, all arms (5-step moving average).
 - `final_gold.png`: final gold reward per arm, mean ± std over seeds, seeds as dots.
 """
 
@@ -22,6 +23,7 @@ from .arms import ARMS
 from .gold import SIGN_OFF_PENALTY, TOPIC_BONUS
 
 DPI = 90
+SMOOTHING = 5  # steps in the moving average of the noisy per-step curves
 Records = Sequence[Mapping[str, object]]
 
 
@@ -79,22 +81,32 @@ def plot_gold_vs_proxy(records: Records, path: Path) -> Path:
 
 
 def plot_discrepancy(records: Records, path: Path) -> Path:
+    """Discrepancy, sign-off rate and response length over steps (seed means, smoothed)."""
     grouped = _by_arm(records)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for name, runs in grouped.items():
-        _, means, _ = _mean_band(runs, "discrepancy")
-        left.plot(means, label=ARMS[name].label, linewidth=1.2)
-        _, means, _ = _mean_band(runs, "sign_off_rate")
-        right.plot(means, label=ARMS[name].label, linewidth=1.2)
-    left.set_title("reward discrepancy E|z(proxy) − z(gold)| (lower: proxy tracks gold)",
-                   fontsize=9)
-    right.set_title(f"share of responses with the sign-off (gold: −{SIGN_OFF_PENALTY:g} each)",
-                    fontsize=9)
-    for ax in (left, right):
+    panels = (("discrepancy", "discrepancy E|z(proxy) − z(gold)| (lower: proxy tracks gold)"),
+              ("sign_off_rate", f"share of responses with the sign-off (gold −{SIGN_OFF_PENALTY:g}"
+                                " each)"),
+              ("length", "mean response length (words)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for name, runs in grouped.items():
+            _, means, _ = _mean_band(runs, key)
+            ax.plot(_smooth(means, SMOOTHING), label=ARMS[name].label, linewidth=1.2)
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("RL step", fontsize=8)
         ax.tick_params(labelsize=7)
-    right.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7,
+               frameon=False)
+    fig.suptitle(f"Mean over seeds, trailing {SMOOTHING}-step average", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return _save(fig, path, layout=False)
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average (shorter at the start)."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / (i + 1 - max(0, i + 1 - window))
+            for i in range(len(values))]
 
 
 def plot_final_gold(summary: Mapping[str, object], path: Path) -> Path:
@@ -118,9 +130,10 @@ def plot_final_gold(summary: Mapping[str, object], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path, *, layout: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
