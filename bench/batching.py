@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from r2m_bench.common import RESULTS_DIR, Headline, TextSource, write_result
+from r2m_bench.inprocess import embed_rate, load_backbone
 from r2m_bench.load import LoadResult, run_load
 from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape, torch_threads
 from r2m_client import AsyncR2MClient, R2MClient
+from r2m_service.settings import Settings
 
 TARGET = 3.0
 LEVELS = (1, 8, 32, 128)
@@ -42,7 +44,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
     finally:
         if own_pool:
             pool.close()
-    headlines = []
+    headlines = [Headline("batching", "in-process ceiling: embed items/s at max batch ÷ batch 1",
+                          results["inprocess_batch_ceiling"]["ratio"], "×")]
     for level in results["levels"]:
         c = level["concurrency"]
         target = TARGET if c == TARGET_LEVEL else None
@@ -65,6 +68,8 @@ def _measure(urls: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
     for name, url in urls.items():
         with R2MClient(url) as rm:
             runs[name] = rm.create_run(policy_hidden_size=16, total_steps=100).run_id
+
+    ceiling = _batch_ceiling(texts, settings)
 
     def sender(name: str):
         async def send(rm: AsyncR2MClient) -> int:
@@ -96,4 +101,17 @@ def _measure(urls: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
             level[name]["server_mean_batch_size"] = total / count if count else 0.0
         level["ratio"] = level["on"]["items_per_s"] / level["off"]["items_per_s"]
         levels.append(level)
-    return {"levels": levels}
+    return {"levels": levels, "inprocess_batch_ceiling": ceiling}
+
+
+def _batch_ceiling(texts: TextSource, settings: dict[str, Any]) -> dict[str, Any]:
+    """In-process `Backbone.embed` items/s at batch 1 vs the server's max batch: the most any
+    batcher can gain with this model and thread count (what limits the on/off ratio)."""
+    batch = Settings().max_batch_size
+    backbone = load_backbone(None, max_batch_size=batch)
+    window = settings["window_s"] / 4
+    embed_rate(backbone, texts, 4, 0.0, min_batches=1)  # warm-up
+    one = embed_rate(backbone, texts, 1, window, min_batches=8)
+    full = embed_rate(backbone, texts, batch, window)
+    return {"batch_1": one, f"batch_{batch}": full,
+            "ratio": full["embed_items_per_s"] / one["embed_items_per_s"]}

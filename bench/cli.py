@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,11 +21,12 @@ from typing import Any
 from r2m_bench.common import RESULTS_DIR, Headline, write_result
 
 BENCHMARKS = ("efficiency", "overhead", "wire", "batching", "update")
-EXTRA = ("score_latency",)
+EXTRA = ("score_latency", "scale_out")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="r2m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="r2m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", default="all", choices=("all", *BENCHMARKS, *EXTRA),
                         help="one benchmark, or all of the issue's five (default)")
     parser.add_argument("--quick", action="store_true", help="CI mode: small and fast")
@@ -39,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.torch_threads is not None:
         set_torch_threads(args.torch_threads)
+    if "GLIBC_TUNABLES" not in os.environ:
+        print("note: GLIBC_TUNABLES is unset here, so in-process baselines allocate big buffers "
+              "as plain glibc does while the servers use the production tunables (see --help)",
+              file=sys.stderr)
 
     headlines: list[Headline] = []
     timings: dict[str, float] = {}
@@ -75,7 +81,7 @@ def format_table(headlines: Sequence[Headline]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
     return "\n".join(lines)
 
 

@@ -10,13 +10,13 @@ how big its batches were, which is what explains a ratio below 1.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from r2m_bench.common import RESULTS_DIR, Headline, TextSource, median, write_result
+from r2m_bench.inprocess import embed_rate, load_backbone
 from r2m_bench.load import run_load
 from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape, torch_threads
 from r2m_client import AsyncR2MClient, R2MClient
@@ -60,15 +60,9 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
 
 
 def _measure(url: str, settings: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from r2m_service.backbone import Backbone
-    from r2m_service.text_format import TextPair
-
-    torch.set_num_threads(torch_threads())  # the same threads the server's model gets
     words = settings["words_per_text"]
     batch = settings["batch_size"]
-    backbone = Backbone(None, max_batch_size=batch)
+    backbone = load_backbone(None, max_batch_size=batch)
     texts = TextSource("efficiency", words, words)
     small = settings["small_hidden_states"]
     hidden = np.random.default_rng(0).standard_normal(
@@ -85,21 +79,8 @@ def _measure(url: str, settings: dict[str, Any]) -> dict[str, Any]:
         return send
 
     def embed_window() -> tuple[float, float]:
-        """(embed items/s, tokenize+embed items/s) over one window of fresh batches."""
-        embed_s = total_s = 0.0
-        items = 0
-        deadline = time.perf_counter() + settings["window_s"]
-        while time.perf_counter() < deadline or items < 2 * batch:
-            started = time.perf_counter()
-            encoded = backbone.formatter.encode([TextPair(*texts.pair(), "x")
-                                                 for _ in range(batch)])
-            tokenized = time.perf_counter()
-            backbone.embed(encoded)
-            done = time.perf_counter()
-            embed_s += done - tokenized
-            total_s += done - started
-            items += batch
-        return items / embed_s, items / total_s
+        rate = embed_rate(backbone, texts, batch, settings["window_s"])
+        return rate["embed_items_per_s"], rate["tokenize_embed_items_per_s"]
 
     def http_window(states: np.ndarray | None) -> dict[str, Any]:
         before = scrape(url)

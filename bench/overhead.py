@@ -2,8 +2,8 @@
 
 Measured twice, so the number a dashboard shows is cross-checked:
 - in process, with the service's own classes: `Backbone.embed` on S-token inputs vs
-  `pad_hidden_states` + `R2MModule` forward on S = 512 policy hidden states (bf16 on the wire,
-  as a GPU policy sends them; padding casts to float32), as the engine's `_rewards` runs them;
+  the `R2MModule` forward on S = 512 policy hidden states (bf16 on the wire, as a GPU policy
+  sends them; the module casts to float32), exactly as the engine's `_rewards` calls it;
 - on a live server, after driving cold-cache score traffic: the Prometheus
   `r2m_module_overhead_ratio`, `r2m_module_duration_seconds{phase="score"}` and
   `r2m_backbone_duration_seconds` (deltas over the traffic).
@@ -92,7 +92,7 @@ def _inprocess(source: str | None, shape: BackboneShape | None, batch: int,
     import torch
 
     from r2m_service.backbone import Backbone
-    from r2m_service.r2m_module import R2MModule, pad_hidden_states
+    from r2m_service.r2m_module import R2MModule
     from r2m_service.text_format import TextPair
 
     backbone = Backbone(source, max_length=shape.max_length if shape else None,
@@ -108,36 +108,30 @@ def _inprocess(source: str | None, shape: BackboneShape | None, batch: int,
         hidden[d] = [torch.randn(HIDDEN_SEQ, d, generator=generator).to(torch.bfloat16)
                      for _ in range(batch)]
 
-    def module_once(d: int) -> tuple[float, float]:
-        """(padding seconds, padding + module seconds), as the engine's `_rewards` runs them."""
+    def module_once(d: int) -> float:
+        """Seconds of one module forward, as the engine's `_rewards` runs it."""
         started = time.perf_counter()
         with torch.no_grad():
-            padded, mask = pad_hidden_states(hidden[d], rte.device)
-            padded_at = time.perf_counter()
-            modules[d](rte, padded, mask, 0.6).float().cpu()
-        return padded_at - started, time.perf_counter() - started
+            modules[d](rte, hidden[d], 0.6).float().cpu()
+        return time.perf_counter() - started
 
     for d in POLICY_HIDDEN:
         module_once(d)
     backbone_s: list[float] = []
     module_s: dict[int, list[float]] = {d: [] for d in POLICY_HIDDEN}
-    pad_s: dict[int, list[float]] = {d: [] for d in POLICY_HIDDEN}
     for _ in range(repeat):  # interleaved, so drift in the machine's load hits both alike
         started = time.perf_counter()
         backbone.embed(encoded)
         backbone_s.append(time.perf_counter() - started)
         for d in POLICY_HIDDEN:
             for _ in range(5):
-                pad, total = module_once(d)
-                pad_s[d].append(pad)
-                module_s[d].append(total)
+                module_s[d].append(module_once(d))
     backbone_p50 = median(backbone_s)
     return {
         "backbone": backbone.name if source is None else "built", "batch_items": batch,
         "text_tokens": [len(e.input_ids) for e in encoded], "reward_hidden": backbone.hidden_size,
         "backbone_s": backbone_s, "backbone_p50_s": backbone_p50,
         "module_p50_s": {str(d): median(module_s[d]) for d in POLICY_HIDDEN},
-        "padding_p50_s": {str(d): median(pad_s[d]) for d in POLICY_HIDDEN},
         "ratio": {str(d): median(module_s[d]) / backbone_p50 for d in POLICY_HIDDEN},
     }
 

@@ -6,11 +6,16 @@ texts every call, scored once before timing), so the backbone never runs and the
 wire's: client encode + send, server read + decode + finite check, padding + the R2M module, the
 answer. The server's own request and module histograms split that time. memcpy is a
 `bytearray` → `bytearray` copy into a reused (page-faulted) buffer, plus a fresh-buffer copy
-for reference. Full mode also runs a server without the allocator tunables.
+for reference, and a raw loopback TCP transfer (two threads, no HTTP) gives the kernel's own
+ceiling on this machine. An unknown-run request (404 after reading and decoding the whole body)
+isolates transport from the checks and module work. Full mode also runs a server without the
+allocator tunables.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ import numpy as np
 
 from r2m_bench.common import MB, RESULTS_DIR, Headline, TextSource, median, timed, write_result
 from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape
-from r2m_client import R2MClient
+from r2m_client import R2MClient, RunNotFoundError
 
 TARGET = 0.25
 SEQ, POLICY_HIDDEN = 512, 4096
@@ -46,14 +51,20 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
     finally:
         if own_pool:
             pool.close()
-    binary = results["servers"]["tunables"]["binary"]
+    main = results["servers"]["tunables"]
+    binary = main["binary"]
     headlines = [
         Headline("wire", f"binary /v1/score ÷ memcpy, {nbytes // (1 << 20)} MiB requests",
                  binary["fraction_of_memcpy"], "×", TARGET),
         Headline("wire", "binary /v1/score", binary["mb_per_s"], "MB/s"),
-        Headline("wire", "JSON+base64 /v1/score", results["servers"]["tunables"]["json"][
-            "mb_per_s"], "MB/s"),
+        Headline("wire", "binary body, transport only (unknown run: read, decode, 404)",
+                 main["transport_only"]["fraction_of_memcpy"], "× memcpy"),
+        Headline("wire", "JSON+base64 /v1/score", main["json"]["mb_per_s"], "MB/s"),
         Headline("wire", "memcpy (reused buffer)", results["memcpy"]["reused_mb_per_s"], "MB/s"),
+        Headline("wire", "raw loopback TCP (no HTTP), fraction of memcpy",
+                 results["loopback_tcp"]["fraction_of_memcpy"], "×"),
+        Headline("wire", "binary /v1/score ÷ raw loopback TCP", binary["fraction_of_loopback_tcp"],
+                 "×"),
     ]
     if "no_tunables" in results["servers"]:
         headlines.append(Headline("wire", "binary /v1/score, no allocator tunables",
@@ -74,6 +85,7 @@ def _measure(pool: ServerPool, specs: dict[str, ServerSpec],
               for _ in range(settings["items"])]
     prompts, responses = TextSource("wire").pairs(settings["items"])
     memcpy = [_memcpy(nbytes)]
+    tcp = [_loopback_tcp(nbytes)]
     encode = {fmt: timed(lambda fmt=fmt: score_chunks(
         "run", prompts, responses, states, step=50, min_version=None, binary=fmt == "binary",
         max_bytes=1 << 40), repeat=3)["p50"] for fmt in ("binary", "json")}
@@ -83,12 +95,19 @@ def _measure(pool: ServerPool, specs: dict[str, ServerSpec],
         formats = ("binary", "json") if name == "tunables" else ("binary",)
         servers[name] = {fmt: _through_score(url, fmt, prompts, responses, states, nbytes,
                                              settings["repeat"][fmt]) for fmt in formats}
+        servers[name]["transport_only"] = _transport_only(url, prompts, responses, states,
+                                                          nbytes, settings["repeat"]["binary"])
         memcpy.append(_memcpy(nbytes))  # again after each server: same drift on both sides
+        tcp.append(_loopback_tcp(nbytes))
     reused = median([m["reused_s"] for m in memcpy])
+    tcp_s = median(tcp)
     for by_format in servers.values():
         for out in by_format.values():
-            out["fraction_of_memcpy"] = (nbytes / out["p50_s"]) / (nbytes / reused)
+            out["fraction_of_memcpy"] = reused / out["p50_s"]
+            out["fraction_of_loopback_tcp"] = tcp_s / out["p50_s"]
     return {"servers": servers, "client_encode_p50_s": encode,
+            "loopback_tcp": {"seconds": tcp, "mb_per_s": nbytes / tcp_s / MB,
+                             "fraction_of_memcpy": reused / tcp_s},
             "memcpy": {"rounds": memcpy, "reused_mb_per_s": nbytes / reused / MB,
                        "fresh_mb_per_s": nbytes / median([m["fresh_s"] for m in memcpy]) / MB,
                        "numpy_mb_per_s": nbytes / median([m["numpy_s"] for m in memcpy]) / MB}}
@@ -109,7 +128,59 @@ def _through_score(url: str, fmt: str, prompts: list[str], responses: list[str],
     backbone = histogram_delta(before, after, "r2m_backbone_duration_seconds")
     return {"latency_s": stats, "p50_s": stats["p50"], "mb_per_s": nbytes / stats["p50"] / MB,
             "server_request_mean_s": request["mean"], "server_module_mean_s": module["mean"],
-            "server_backbone_seconds": backbone["sum"]}
+            "server_backbone_seconds": backbone["sum"],
+            "mb_per_s_without_module": nbytes / max(1e-9, stats["p50"] - module["mean"]) / MB}
+
+
+def _transport_only(url: str, prompts: list[str], responses: list[str], states: list[Any],
+                    nbytes: int, repeat: int) -> dict[str, Any]:
+    """The same binary body for a run that does not exist: the server reads and decodes all of
+    it, then answers 404 before any hidden-state check or module work. The wire's own ceiling."""
+
+    def send() -> None:
+        try:
+            rm.score("no-such-run", prompts, responses, states, step=50)
+        except RunNotFoundError:
+            return
+        raise AssertionError("expected 404 for an unknown run")
+
+    with R2MClient(url, timeout=600, retries=0, max_request_bytes=1 << 30) as rm:
+        stats = timed(send, repeat=repeat)
+    return {"latency_s": stats, "p50_s": stats["p50"], "mb_per_s": nbytes / stats["p50"] / MB}
+
+
+def _loopback_tcp(nbytes: int, repeat: int = 5) -> float:
+    """Median seconds to move `nbytes` through a loopback TCP socket into a preallocated buffer
+    (sender and receiver threads, 1 MiB sends): the kernel's ceiling for any HTTP server here."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    payload = memoryview(bytearray(nbytes))
+    sink = memoryview(bytearray(nbytes))
+    times: list[float] = []
+
+    def receive() -> None:
+        for _ in range(repeat + 1):
+            got = 0
+            while got < nbytes:
+                got += receiver.recv_into(sink[got:], nbytes - got)
+            receiver.sendall(b"k")
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    try:
+        for i in range(repeat + 1):
+            started = time.perf_counter()
+            for start in range(0, nbytes, 1 << 20):
+                sender.sendall(payload[start:start + (1 << 20)])
+            sender.recv(1)
+            if i:  # the first round grows the socket buffers
+                times.append(time.perf_counter() - started)
+    finally:
+        thread.join(timeout=30)
+        for sock in (sender, receiver, listener):
+            sock.close()
+    return median(times)
 
 
 def _memcpy(nbytes: int) -> dict[str, float]:

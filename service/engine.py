@@ -34,7 +34,7 @@ from r2m_service.backbone import Backbone
 from r2m_service.batching import BatchItem, ScoreJob, ScoreQueue
 from r2m_service.losses import LossTerms, grebt, pairwise_bt
 from r2m_service.metrics import LOSS_TERMS, Metrics
-from r2m_service.r2m_module import omega, pad_hidden_states
+from r2m_service.r2m_module import omega
 from r2m_service.run_directory import RunDirectory
 from r2m_service.runs import Run, build_run, new_run_id, resolve_config
 from r2m_service.samples import (
@@ -265,13 +265,12 @@ class Engine:
         rte = stack_rtes(samples, self.backbone.device)
         with_hidden = [i for i, s in enumerate(samples) if s.hidden is not None]
         if len(with_hidden) == len(samples):
-            padded, mask = pad_hidden_states([s.hidden for s in samples], rte.device)
-            return run.module(rte, padded, mask, omega_t)
-        rewards = run.module(rte, None, None, omega_t)
+            return run.module(rte, [s.hidden for s in samples], omega_t)
+        rewards = run.module(rte, None, omega_t)
         if with_hidden:
-            padded, mask = pad_hidden_states([samples[i].hidden for i in with_hidden], rte.device)
-            rewards = rewards.index_put((torch.tensor(with_hidden, device=rte.device),),
-                                        run.module(rte[with_hidden], padded, mask, omega_t))
+            index = torch.tensor(with_hidden, device=rte.device)
+            fed_back = run.module(rte[index], [samples[i].hidden for i in with_hidden], omega_t)
+            rewards = rewards.index_put((index,), fed_back)
         return rewards
 
     def _observe_forward(self, sequences: int, padded_tokens: int, seconds: float) -> None:

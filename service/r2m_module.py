@@ -14,6 +14,7 @@ gradients for all five tensors, differing from the direct formula only by float 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -48,27 +49,50 @@ class R2MModule(nn.Module):
                 self.score.weight.copy_(weight)
                 self.score.bias.copy_(bias)
 
-    def attend(self, rte: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Ĥ `[B, D_rm]` from RTEs `[B, D_rm]`, padded hidden states `[B, S, D_p]` and a bool mask
-        `[B, S]` (True = real token)."""
-        q = self.q_proj(rte)
-        query_in_policy_space = q @ self.k_proj.weight  # W_kᵀ q, [B, D_p]
+    def attend(self, rte: torch.Tensor, hidden: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Ĥ `[B, D_rm]` from RTEs `[B, D_rm]` and each item's hidden states `[S_i, D_p]`.
+
+        Two evaluations of the same function: on CUDA one padded, masked batch (one kernel
+        for all items); elsewhere item by item on the unpadded tensors, which skips a padded
+        float32 copy of every byte — on a CPU that copy costs more than the attention itself.
+        """
+        if rte.device.type == "cuda":
+            padded, mask = pad_hidden_states(hidden, rte.device)
+            return self.attend_padded(rte, padded, mask)
+        return self.attend_ragged(rte, hidden)
+
+    def attend_padded(self, rte: torch.Tensor, hidden: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+        """Ĥ from zero-padded hidden states `[B, S, D_p]` and a bool mask `[B, S]` (True = real
+        token); padding is masked out of the softmax."""
+        query_in_policy_space = self.q_proj(rte) @ self.k_proj.weight  # W_kᵀ q, [B, D_p]
         logits = torch.einsum("bsp,bp->bs", hidden, query_in_policy_space)
         logits = logits / math.sqrt(self.attention_dim)
         weights = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
         context = torch.einsum("bs,bsp->bp", weights, hidden)  # Σ_s a_s h_s
         return self.o_proj(self.v_proj(context))
 
-    def forward(self, rte: torch.Tensor, hidden: torch.Tensor | None, mask: torch.Tensor | None,
+    def attend_ragged(self, rte: torch.Tensor, hidden: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Ĥ item by item from unpadded `[S_i, D_p]` tensors (any float dtype; the math runs in
+        the module's dtype, float32)."""
+        query_in_policy_space = self.q_proj(rte) @ self.k_proj.weight
+        contexts = []
+        for query, states in zip(query_in_policy_space, hidden, strict=True):
+            states = states.to(query.device, query.dtype)
+            weights = torch.softmax(states @ query / math.sqrt(self.attention_dim), dim=0)
+            contexts.append(weights @ states)
+        return self.o_proj(self.v_proj(torch.stack(contexts)))
+
+    def forward(self, rte: torch.Tensor, hidden: Sequence[torch.Tensor] | None,
                 omega_t: float) -> torch.Tensor:
         """Rewards `[B]`. Without hidden states this is ϕ(H_last): the backbone-only reward."""
         if hidden is None or omega_t >= 1.0:
             return self.score(rte).squeeze(-1)
-        fused = (1.0 - omega_t) * self.attend(rte, hidden, mask) + omega_t * rte
+        fused = (1.0 - omega_t) * self.attend(rte, hidden) + omega_t * rte
         return self.score(fused).squeeze(-1)
 
 
-def pad_hidden_states(states: list[torch.Tensor], device: torch.device,
+def pad_hidden_states(states: Sequence[torch.Tensor], device: torch.device,
                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged `[S_i, D_p]` tensors → zero-padded `[B, S_max, D_p]` (cast in the same copy) and
     the bool mask of real positions."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -39,28 +40,45 @@ def ragged(lengths: list[int]) -> list[torch.Tensor]:
     return [torch.randn(n, D_P, generator=g, dtype=torch.float64) for n in lengths]
 
 
-def test_cross_attention_matches_direct_formula_with_padding(module: R2MModule) -> None:
+def padded_forward(module: R2MModule, rte: torch.Tensor, hidden: list[torch.Tensor],
+                   omega_t: float) -> torch.Tensor:
+    """The padded, masked batch path (the one CUDA takes)."""
+    padded, mask = pad_hidden_states(hidden, torch.device("cpu"), torch.float64)
+    fused = (1 - omega_t) * module.attend_padded(rte, padded, mask) + omega_t * rte
+    return module.score(fused).squeeze(-1)
+
+
+def ragged_forward(module: R2MModule, rte: torch.Tensor, hidden: list[torch.Tensor],
+                   omega_t: float) -> torch.Tensor:
+    """The item-by-item path (the one a CPU takes), through the module's own forward."""
+    return module(rte, hidden, omega_t)
+
+
+Forward = Callable[[R2MModule, torch.Tensor, list[torch.Tensor], float], torch.Tensor]
+PATHS: list[Forward] = [padded_forward, ragged_forward]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_cross_attention_matches_direct_formula(module: R2MModule, path: Forward) -> None:
     rte = torch.randn(3, D_RM, dtype=torch.float64)
     hidden = ragged([1, 4, 7])
-    padded, mask = pad_hidden_states(hidden, torch.device("cpu"), torch.float64)
-    got = module(rte, padded, mask, 0.3)
+    got = path(module, rte, hidden, 0.3)
     assert torch.allclose(got, direct_reward(module, rte, hidden, 0.3), atol=1e-12)
 
 
-def test_padding_does_not_change_a_reward(module: R2MModule) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_padding_does_not_change_a_reward(module: R2MModule, path: Forward) -> None:
     rte = torch.randn(2, D_RM, dtype=torch.float64)
     hidden = ragged([3, 9])
-    padded, mask = pad_hidden_states(hidden, torch.device("cpu"), torch.float64)
-    alone, alone_mask = pad_hidden_states(hidden[:1], torch.device("cpu"), torch.float64)
-    batched = module(rte, padded, mask, 0.5)
-    assert torch.allclose(batched[0], module(rte[:1], alone, alone_mask, 0.5)[0], atol=1e-12)
+    batched = path(module, rte, hidden, 0.5)
+    assert torch.allclose(batched[0], path(module, rte[:1], hidden[:1], 0.5)[0], atol=1e-12)
 
 
-def test_gradients_match_direct_formula(module: R2MModule) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_gradients_match_direct_formula(module: R2MModule, path: Forward) -> None:
     rte = torch.randn(3, D_RM, dtype=torch.float64)
     hidden = ragged([2, 5, 3])
-    padded, mask = pad_hidden_states(hidden, torch.device("cpu"), torch.float64)
-    module(rte, padded, mask, 0.2).square().sum().backward()
+    path(module, rte, hidden, 0.2).square().sum().backward()
     fast = [p.grad.clone() for p in module.parameters()]
     module.zero_grad()
     direct_reward(module, rte, hidden, 0.2).square().sum().backward()
@@ -70,10 +88,9 @@ def test_gradients_match_direct_formula(module: R2MModule) -> None:
 
 def test_omega_one_is_the_vanilla_reward(module: R2MModule) -> None:
     rte = torch.randn(2, D_RM, dtype=torch.float64)
-    padded, mask = pad_hidden_states(ragged([3, 3]), torch.device("cpu"), torch.float64)
     vanilla = rte @ module.score.weight[0] + module.score.bias[0]
-    assert torch.allclose(module(rte, padded, mask, 1.0), vanilla)
-    assert torch.allclose(module(rte, None, None, 0.4), vanilla)
+    assert torch.allclose(module(rte, ragged([3, 3]), 1.0), vanilla)
+    assert torch.allclose(module(rte, None, 0.4), vanilla)
 
 
 def test_initial_head_is_copied() -> None:

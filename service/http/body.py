@@ -8,15 +8,18 @@ event loop: a 64 MiB JSON body would stall every other request (MEASURED.md).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from r2m_proto.errors import ErrorCode, WireError
 from r2m_proto.media import JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE, SAFETENSORS_REQUEST_KEY
 from r2m_proto.safetensors_body import decode_safetensors
 from r2m_proto.tensors import TensorView
+from r2m_service.http.disconnect import ClientDisconnected
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,7 +42,7 @@ async def read_body(request: Request, limit: int) -> bytearray:
         buffer = bytearray(size)
         view = memoryview(buffer)
         filled = 0
-        async for chunk in request.stream():
+        async for chunk in _chunks(request):
             end = filled + len(chunk)
             if end > size:
                 raise WireError("body is longer than its Content-Length", "body",
@@ -51,11 +54,20 @@ async def read_body(request: Request, limit: int) -> bytearray:
                             ErrorCode.MALFORMED_BODY)
         return buffer
     buffer = bytearray()
-    async for chunk in request.stream():
+    async for chunk in _chunks(request):
         buffer += chunk
         if len(buffer) > limit:
             raise _too_large(f"more than {limit}", limit)
     return buffer
+
+
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
+    """The body's chunks; a client that leaves mid-upload is a 499, not a server error."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ClientDisconnected from None
 
 
 def media_type(request: Request) -> str:
