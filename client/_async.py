@@ -56,11 +56,13 @@ class AsyncR2MClient(BaseR2MClient):
         weight_decay: float = 0.0,
         attention_dim: int | None = None,
         seed: int | None = None,
+        run_id: str | None = None,
     ) -> RunInfo:
         return await self._run(self._create_run_call(
             policy_hidden_size=policy_hidden_size, total_steps=total_steps,
             omega_floor=omega_floor, alpha=alpha, learning_rate=learning_rate,
-            weight_decay=weight_decay, attention_dim=attention_dim, seed=seed))
+            weight_decay=weight_decay, attention_dim=attention_dim, seed=seed,
+            run_id=run_id))
 
     async def get_run(self, run_id: str) -> RunInfo:
         return await self._run(self._get_run_call(run_id))

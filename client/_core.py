@@ -109,8 +109,11 @@ class BaseR2MClient:
     def _info_call(self) -> Call[InfoResponse]:
         return _single(Request("GET", "/v1/info"), lambda r: _model(InfoResponse, r))
 
-    def _create_run_call(self, **config: Any) -> Call[RunInfo]:
-        body = json_body(CreateRunRequest(**config))
+    def _create_run_call(self, *, run_id: str | None, **config: Any) -> Call[RunInfo]:
+        """The client names the run itself (unless the caller did), so a retried create
+        returns the run the first attempt made instead of making a second one."""
+        run_id = run_id or f"run-{uuid.uuid4().hex[:16]}"
+        body = json_body(CreateRunRequest(run_id=run_id, **config))
         return _single(Request("POST", "/v1/runs", body), lambda r: _model(RunInfo, r))
 
     def _get_run_call(self, run_id: str) -> Call[RunInfo]:

@@ -70,12 +70,17 @@ class R2MClient(BaseR2MClient):
         weight_decay: float = 0.0,
         attention_dim: int | None = None,
         seed: int | None = None,
+        run_id: str | None = None,
     ) -> RunInfo:
-        """Create a run: a fresh R2M module for one training job (hyper-parameters in R2M.md)."""
+        """Create a run: a fresh R2M module for one training job (hyper-parameters in R2M.md).
+
+        `run_id` names it (default: a fresh unique id); creating an existing id with the same
+        settings returns that run, so retries and restarted trainers are safe."""
         return self._run(self._create_run_call(
             policy_hidden_size=policy_hidden_size, total_steps=total_steps,
             omega_floor=omega_floor, alpha=alpha, learning_rate=learning_rate,
-            weight_decay=weight_decay, attention_dim=attention_dim, seed=seed))
+            weight_decay=weight_decay, attention_dim=attention_dim, seed=seed,
+            run_id=run_id))
 
     def get_run(self, run_id: str) -> RunInfo:
         return self._run(self._get_run_call(run_id))

@@ -17,6 +17,7 @@ TensorField = Annotated[
     Field(description="Policy last-layer hidden states [S, D_p]: inline (JSON body) or the name "
                       "of a tensor in the safetensors body."),
 ]
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Step = Annotated[int, Field(ge=0, description="RL step t; sets ω(t). Defaults to the run's step.")]
 
 
@@ -24,8 +25,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CreateRunRequest(_Strict):
-    """`POST /v1/runs`: the R2M hyper-parameters of one training run (R2M.md)."""
+class RunSettings(_Strict):
+    """The R2M hyper-parameters of one training run (R2M.md)."""
 
     policy_hidden_size: int = Field(gt=0, description="D_p, the policy's hidden size.")
     total_steps: int = Field(gt=0, description="T, the total number of RL steps.")
@@ -37,8 +38,18 @@ class CreateRunRequest(_Strict):
     seed: int | None = Field(None, description="Seed of the module's initialisation.")
 
 
-class RunConfig(CreateRunRequest):
-    """A run's config with every default resolved."""
+class CreateRunRequest(RunSettings):
+    """`POST /v1/runs`. With `run_id`, creation is idempotent: the same id and settings again
+    answer the existing run (200), other settings answer 409 — so a retried create cannot make
+    a second run."""
+
+    run_id: str | None = Field(
+        None, pattern=RUN_ID_PATTERN,
+        description="Choose the run's id (letters, digits, `._-`, ≤ 128); default: generated.")
+
+
+class RunConfig(RunSettings):
+    """A run's settings with every default resolved."""
 
     attention_dim: int
     seed: int

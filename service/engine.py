@@ -36,7 +36,15 @@ from r2m_service.losses import LossTerms, grebt, pairwise_bt
 from r2m_service.metrics import LOSS_TERMS, Metrics
 from r2m_service.r2m_module import omega
 from r2m_service.run_directory import RunDirectory
-from r2m_service.runs import Run, build_run, new_run_id, resolve_config
+from r2m_service.runs import (
+    Run,
+    RunExists,
+    RunNotFound,
+    build_run,
+    matches,
+    new_run_id,
+    resolve_config,
+)
 from r2m_service.samples import (
     Sample,
     UpdateBatch,
@@ -91,14 +99,31 @@ class Engine:
 
     # ---- runs -------------------------------------------------------------------------------
 
-    async def create_run(self, request: CreateRunRequest) -> RunInfo:
+    async def create_run(self, request: CreateRunRequest) -> tuple[RunInfo, bool]:
+        """(the run, whether it was created now). A caller-chosen id that exists with the same
+        settings answers the existing run: a retried create is harmless."""
+        if request.run_id is not None:
+            existing = await self.runs.find(request.run_id)
+            if existing is not None:
+                return self._existing(request, existing), False
         config = resolve_config(request, self.backbone.hidden_size)
-        run = await self._on_model(build_run, new_run_id(), config, self.backbone.hidden_size,
-                                   self.backbone.identity, self.backbone.initial_head(),
-                                   self.backbone.device)
-        await self.runs.add(run)
+        run = await self._on_model(build_run, request.run_id or new_run_id(), config,
+                                   self.backbone.hidden_size, self.backbone.identity,
+                                   self.backbone.initial_head(), self.backbone.device)
+        if not await self.runs.add(run):  # created concurrently under the same id
+            try:
+                existing = await self.runs.current(run.run_id)
+            except RunNotFound:  # its creator has claimed the id but not finished yet
+                raise RunExists(run.run_id, "is being created; retry shortly") from None
+            return self._existing(request, existing), False
         self.metrics.runs.set(len(self.runs))
         self.metrics.run_version.labels(run.run_id).set(run.version)
+        return run.info(), True
+
+    @staticmethod
+    def _existing(request: CreateRunRequest, run: Run) -> RunInfo:
+        if not matches(request, run.config):
+            raise RunExists(run.run_id)
         return run.info()
 
     async def get_run(self, run_id: str) -> RunInfo:

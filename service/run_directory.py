@@ -46,6 +46,7 @@ class RunDirectory:
         self._runs: dict[str, Run] = {}
         self._loading: dict[str, asyncio.Task[Run]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._creating = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -57,12 +58,25 @@ class RunDirectory:
             await self._load(run_id)
         return len(ids)
 
-    async def add(self, run: Run) -> None:
-        """Persist a new run, then serve it."""
-        if self.store.persistent:
-            run.committed_state = await self._on_model_thread(encode_run, run)
-        await self.store.create(run.run_id, run.committed_state)
-        self._runs[run.run_id] = run
+    async def find(self, run_id: str) -> Run | None:
+        """The run if it exists here or in the store, else None."""
+        try:
+            return await self.current(run_id)
+        except RunNotFound:
+            return None
+
+    async def add(self, run: Run) -> bool:
+        """Persist a new run, then serve it; False if its id was taken meanwhile (by a
+        concurrent create here or on another replica)."""
+        async with self._creating:
+            if run.run_id in self._runs:
+                return False
+            if self.store.persistent:
+                run.committed_state = await self._on_model_thread(encode_run, run)
+            if not await self.store.create(run.run_id, run.committed_state):
+                return False
+            self._runs[run.run_id] = run
+            return True
 
     async def delete(self, run_id: str) -> None:
         await self.current(run_id)  # 404 if unknown anywhere

@@ -56,12 +56,24 @@ class Run:
 
 def resolve_config(request: CreateRunRequest, reward_hidden_size: int) -> RunConfig:
     """Fill the defaults that depend on the backbone (d) or on chance (seed, recorded)."""
-    values = request.model_dump()
+    values = request.model_dump(exclude={"run_id"})
     if values["attention_dim"] is None:
         values["attention_dim"] = min(reward_hidden_size, MAX_ATTENTION_DIM)
     if values["seed"] is None:
         values["seed"] = secrets.randbits(63)
     return RunConfig(**values)
+
+
+def matches(request: CreateRunRequest, config: RunConfig) -> bool:
+    """Whether an existing run's config is what a (retried) create asked for: every setting
+    the request gives explicitly or by default; unset `attention_dim`/`seed` match any."""
+    asked = request.model_dump(exclude={"run_id"}, exclude_none=True)
+    return all(getattr(config, name) == value for name, value in asked.items())
+
+
+class RunExists(WireError):
+    def __init__(self, run_id: str, detail: str = "already exists with other settings") -> None:
+        super().__init__(f"run {run_id!r} {detail}", "run_id", ErrorCode.VERSION_CONFLICT)
 
 
 def build_run(run_id: str, config: RunConfig, reward_hidden_size: int, backbone_identity: str,

@@ -215,3 +215,17 @@ def test_checkpoint_dir_restores_runs_bit_exactly(tmp_path: Path, server_logs: P
         assert all(torch.equal(a[name], b[name]) for name in a)
     finally:
         server.stop()
+
+
+def test_creating_one_id_on_two_replicas_makes_one_run(replicas: tuple[Server, Server]) -> None:
+    body = {"policy_hidden_size": D_P, "total_steps": 10, "run_id": f"same-{uuid.uuid4().hex}"}
+
+    def create(server: Server) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/runs", json=body, timeout=30)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(create, [*replicas, *replicas]))
+    assert sorted(a.status_code for a in answers) in ([200, 200, 200, 201],
+                                                      [200, 200, 201, 409], [200, 201, 409, 409])
+    made = [a.json() for a in answers if a.status_code in (200, 201)]
+    assert all(info == made[0] for info in made)  # one run, one seed, whoever answered

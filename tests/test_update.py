@@ -154,3 +154,15 @@ def test_runs_are_isolated_and_deletable(llama_server: Server) -> None:
         rm.delete_run(a.run_id)
         with pytest.raises(RunNotFoundError):
             rm.get_run(a.run_id)
+
+
+def test_create_with_a_chosen_id_is_idempotent(http: httpx.Client) -> None:
+    body = {"policy_hidden_size": D_P, "total_steps": 10, "run_id": "trainer-7.ppo_run"}
+    first = http.post("/v1/runs", json=body)
+    again = http.post("/v1/runs", json=body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    other = http.post("/v1/runs", json={**body, "total_steps": 99})
+    assert other.status_code == 409 and other.json()["error"]["field"] == "run_id"
+    bad = http.post("/v1/runs", json={**body, "run_id": "no spaces/slashes"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "run_id"

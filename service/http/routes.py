@@ -84,9 +84,15 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
 
 
 @router.post("/v1/runs", status_code=201, tags=["runs"],
-             dependencies=[require(Scope.UPDATE)])
-async def create_run(body: CreateRunRequest, engine: EngineDep) -> RunInfo:
-    return await engine.create_run(body)
+             dependencies=[require(Scope.UPDATE)],
+             responses={200: {"model": RunInfo, "description": "the run already existed"}})
+async def create_run(body: CreateRunRequest, engine: EngineDep, response: Response) -> RunInfo:
+    """201 with a new run; 200 with the existing one when `run_id` names a run created with the
+    same settings (an idempotent retry); 409 when it names one with other settings."""
+    info, created = await engine.create_run(body)
+    if not created:
+        response.status_code = 200
+    return info
 
 
 @router.get("/v1/runs/{run_id}", tags=["runs"], dependencies=[require(Scope.SCORE)])

@@ -47,8 +47,8 @@ class StateStore(ABC):
         """Raise `StoreUnavailable` unless the store answers."""
 
     @abstractmethod
-    async def create(self, run_id: str, state: bytes | None) -> None:
-        """Record a new run at version 0."""
+    async def create(self, run_id: str, state: bytes | None) -> bool:
+        """Record a new run at version 0; False (and nothing written) if the id is taken."""
 
     @abstractmethod
     async def load(self, run_id: str) -> bytes | None:

@@ -33,8 +33,9 @@ class MemoryStore(StateStore):
     async def ping(self) -> None:
         return None
 
-    async def create(self, run_id: str, state: bytes | None) -> None:
-        await self._write(run_id, state)
+    async def create(self, run_id: str, state: bytes | None) -> bool:
+        await self._write(run_id, state)  # one process: the run directory checked the id
+        return True
 
     async def load(self, run_id: str) -> bytes | None:
         path = self._path(run_id)

@@ -6,6 +6,7 @@ Keys (hash-tagged per run, so a run's keys share a cluster slot):
   {p}:run:{id}:head              JSON {version, step?, chunks}: the current version (atomic switch)
   {p}:run:{id}:state:{v}:{i}     chunk i of version v's state (immutable once written)
   {p}:run:{id}:lock              update lock: random token, with a lease (PX)
+  {p}:run:{id}:creating          claim on a new run's id while its version 0 is written
   {p}:run:{id}:idem:{key}        response JSON of an applied update (EX ttl)
   {p}:rte:{key}                  reward token embedding (float32 bytes, EX ttl)
   channel {p}:events             {"run", "version"} or {"run", "deleted": true}
@@ -50,6 +51,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 _OLD_VERSION_TTL_S = 300  # replicas still loading the previous version get to finish
+_CREATE_CLAIM_TTL_S = 60  # a creator that dies mid-create frees the id after this
 
 
 class LockLost(StoreUnavailable):
@@ -108,15 +110,21 @@ class RedisStore(StateStore):
 
     # ---- runs ---------------------------------------------------------------------------------
 
-    async def create(self, run_id: str, state: bytes | None) -> None:
+    async def create(self, run_id: str, state: bytes | None) -> bool:
+        """Claim the id (NX, so two replicas creating the same id cannot both write version 0),
+        write the state, then the head."""
         assert state is not None
         async with _available("create run"):
+            head = self._run_key(run_id, "head")
+            if await self._redis.exists(head) or not await self._redis.set(
+                    self._run_key(run_id, "creating"), "1", nx=True, ex=_CREATE_CLAIM_TTL_S):
+                return False
             chunks = await self._write_state(run_id, 0, state)
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._run_key(run_id, "head"), json.dumps({"version": 0,
-                                                                     "chunks": chunks}))
+                pipe.set(head, json.dumps({"version": 0, "chunks": chunks}))
                 pipe.sadd(f"{self._prefix}:runs", run_id)
                 await pipe.execute()
+        return True
 
     async def load(self, run_id: str) -> bytes | None:
         async with _available("load run"):
