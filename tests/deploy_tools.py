@@ -7,11 +7,12 @@ install step can never turn these checks into silent skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -84,3 +85,19 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
             last = result
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@contextlib.contextmanager
+def daemon(cmd: list[str], log_path: Path, ready_url: str, what: str,
+           timeout: float = 30) -> Iterator[None]:
+    """Run a server binary (nginx, prometheus) until the block ends; wait for `ready_url`."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: process.poll() is not None or
+                   httpx.get(ready_url, timeout=2).status_code == 200, timeout, what)
+        assert process.poll() is None, log_path.read_text()
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -5,7 +5,6 @@ service's log and back."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 
 from r2m_service.launch import free_port
 from tests.conftest import Server
-from tests.deploy_tools import DEPLOY, tool, wait_until
+from tests.deploy_tools import DEPLOY, daemon, tool, wait_until
 from tests.helpers import hidden, wire
 
 D_P = 16
@@ -30,21 +29,11 @@ def balancer(llama_server: Server, tmp_path_factory: pytest.TempPathFactory) -> 
     conf = conf.replace("r2m-replica:8000", replica).replace("listen 8080;",
                                                              f"listen 127.0.0.1:{port};")
     (work / "nginx.conf").write_text(conf)
-    with (work / "nginx.log").open("wb") as log:
-        process = subprocess.Popen(
-            [tool("nginx"), "-p", str(work), "-c", str(work / "nginx.conf"),
-             "-g", f"daemon off; pid {work}/nginx.pid; error_log stderr;"],
-            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: process.poll() is not None or
-                   httpx.get(f"{url}/lb/healthz", timeout=2).status_code == 200, 15,
-                   "nginx to start")
-        assert process.poll() is None, (work / "nginx.log").read_text()
+    with daemon([tool("nginx"), "-p", str(work), "-c", str(work / "nginx.conf"),
+                 "-g", f"daemon off; pid {work}/nginx.pid; error_log stderr;"],
+                work / "nginx.log", f"{url}/lb/healthz", "nginx to start", timeout=15):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def _logged_ids(server: Server) -> set[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from r2m_service.launch import free_port
 from tests.conftest import Server
-from tests.deploy_tools import DEPLOY, tool, wait_until
+from tests.deploy_tools import DEPLOY, daemon, tool, wait_until
 from tests.helpers import PROMPTS, RESPONSES, hidden, wire
 
 D_P = 16
@@ -80,21 +79,11 @@ def prometheus(busy_server: Server, tmp_path_factory: pytest.TempPathFactory) ->
     config["scrape_configs"] = [job]
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    with (work / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [binary, f"--config.file={work / 'prometheus.yml'}",
-             f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: process.poll() is not None or
-                   httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, 30,
-                   "prometheus to start")
-        assert process.poll() is None, (work / "prometheus.log").read_text()
+    with daemon([binary, f"--config.file={work / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                work / "prometheus.log", f"{url}/-/ready", "prometheus to start"):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
