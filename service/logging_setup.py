@@ -1,10 +1,10 @@
 """Process-wide logging: one JSON object per line (or plain text for a terminal), with the id of
 the request that caused it.
 
-Log shippers (Docker's json-file driver, Loki, CloudWatch) index fields, not prose, so the default
-is JSON; `R2M_LOG_FORMAT=text` is for people reading a terminal. The request id lives in a context
-variable set by the request middleware, so every record logged while serving a request carries it
-without any call site passing it along.
+Log shippers (Docker's json-file driver, Loki, CloudWatch) index fields, not prose, so anything but
+a terminal gets JSON by default; a person running `r2m serve` in a terminal gets text. The request
+id lives in a context variable set by the request middleware, so every record logged while
+serving a request carries it without any call site passing it along.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-LogFormat = Literal["json", "text"]
+LogFormat = Literal["auto", "json", "text"]
 
 request_id_var: ContextVar[str | None] = ContextVar("r2m_request_id", default=None)
 
@@ -64,15 +64,17 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "json") -> None:
-    """Route every logger (ours, uvicorn's, transformers') through one stderr handler.
+def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+    """Route every logger (ours, uvicorn's, transformers') through one stderr handler; `auto` is
+    text on a terminal and JSON everywhere else (containers, files, pipes).
 
     Library progress bars are turned off: they write partial lines that break one-record-per-line
     log parsing, and nobody watches a container's stderr live.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    text = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
+    handler.setFormatter(TextFormatter() if text else JsonFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

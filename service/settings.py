@@ -51,8 +51,9 @@ class Settings(BaseSettings):
         5.0, ge=0, description="How long /v1/score waits for `min_version` before 409.")
     rte_ttl_s: float = Field(24 * 3600, gt=0, description="Lifetime of RTEs cached in Redis.")
     log_level: str = "info"
-    log_format: Literal["json", "text"] = Field(
-        "json", description="json: one object per line with the request id; text: for a terminal.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json: one object per line with the request id; text: for people; "
+                            "auto: text on a terminal, else json.")
     api_keys_file: str | None = Field(
         None, description="File of API keys, one '<sha256-hex> <scope,...> [name]' per line "
                           "(`r2m keys new` makes them). No keys at all: the service runs open.")
