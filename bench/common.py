@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path("bench/results")
-MB = 1_000_000  # MB/s figures use decimal megabytes, like MEASURED.md
+MB = 1_000_000  # MB/s figures use decimal megabytes, like docs/measurements.md
 MiB = 1 << 20
 # The production allocator settings (Dockerfile): reused big buffers instead of fresh mmaps.
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"

@@ -99,7 +99,7 @@ def _inprocess(source: str | None, shape: BackboneShape | None, batch: int,
                         max_batch_size=batch)
     texts = _long_texts("overhead")
     encoded = backbone.formatter.encode([TextPair(*texts.pair(), "x") for _ in range(batch)])
-    rte = backbone.embed(encoded)  # warm-up, and the module's input
+    rte = backbone.embed(encoded).rtes  # warm-up, and the module's input
     generator = torch.Generator().manual_seed(0)
     modules, hidden = {}, {}
     for d in POLICY_HIDDEN:

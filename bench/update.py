@@ -1,10 +1,10 @@
 """Update: /v1/update time with a warm RTE cache (the groups were scored first, as in an RL
 step) vs a forced backbone recompute (the same prompts with new responses, never scored).
 
-The gap is what the RTE cache saves each training step (R2M.md: "the update then costs only the
-small module"). K = 4 and 8 responses per group, D_p = 768; warm and cold calls alternate and
-swap order every repeat, so drift in the machine's load hits both. The server's backbone and
-module histograms, read around each call, show where the time went.
+The gap is what the RTE cache saves each training step: the update then costs only the small
+module (docs/method.md#cost-of-an-update). K = 4 and 8 responses per group, D_p = 768; warm and
+cold calls alternate and swap order every repeat, so drift in the machine's load hits both. The
+server's backbone and module histograms, read around each call, show where the time went.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Wire: MB/s of policy hidden states through /v1/score (binary safetensors body vs JSON+base64)
 vs a plain memcpy of the same bytes in the same process run.
 
-A 64 MiB request is 16 × [512, 4096] bf16 (MEASURED.md's case). The RTE cache is warm (the same
-texts every call, scored once before timing), so the backbone never runs and the time is the
-wire's: client encode + send, server read + decode + finite check, padding + the R2M module, the
-answer. The server's own request and module histograms split that time. memcpy is a
-`bytearray` → `bytearray` copy into a reused (page-faulted) buffer, plus a fresh-buffer copy
-for reference, and a raw loopback TCP transfer (two threads, no HTTP) gives the kernel's own
-ceiling on this machine. An unknown-run request (404 after reading and decoding the whole body)
-isolates transport from the checks and module work. Full mode also runs a server without the
-allocator tunables.
+A 64 MiB request is 16 × [512, 4096] bf16 (the reference case of docs/measurements.md). The RTE
+cache is warm (the same texts every call, scored once before timing), so the backbone never runs
+and the time is the wire's: client encode + send, server read + decode + finite check, padding +
+the R2M module, the answer. The server's own request and module histograms split that time.
+memcpy is a `bytearray` → `bytearray` copy into a reused (page-faulted) buffer, plus a
+fresh-buffer copy for reference, and a raw loopback TCP transfer (two threads, no HTTP) gives
+the kernel's own ceiling on this machine. An unknown-run request (404 after reading and decoding
+the whole body) isolates transport from the checks and module work. Full mode also runs a server
+without the allocator tunables.
 """
 
 from __future__ import annotations

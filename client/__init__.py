@@ -11,6 +11,7 @@ from r2m_client._sync import R2MClient
 from r2m_client.errors import (
     R2MClientError,
     R2MError,
+    R2MInputError,
     R2MOverloadedError,
     R2MProtocolError,
     R2MServerError,
@@ -18,7 +19,7 @@ from r2m_client.errors import (
     R2MTransportError,
     RunNotFoundError,
 )
-from r2m_client.types import Group, Pair
+from r2m_client.types import Group, Pair, RunOptions
 from r2m_proto import InfoResponse, RunConfig, RunInfo, ScoreResponse, UpdateResponse
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "R2MClient",
     "R2MClientError",
     "R2MError",
+    "R2MInputError",
     "R2MOverloadedError",
     "R2MProtocolError",
     "R2MServerError",
@@ -40,6 +42,7 @@ __all__ = [
     "RunConfig",
     "RunInfo",
     "RunNotFoundError",
+    "RunOptions",
     "ScoreResponse",
     "UpdateResponse",
 ]

@@ -7,15 +7,26 @@ from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import httpx
 
-from r2m_client._core import BaseR2MClient, Call, Request, check_response, transport_errors
+from r2m_client._core import (
+    BaseR2MClient,
+    Call,
+    Request,
+    RequestLimits,
+    check_response,
+    transport_errors,
+)
+from r2m_client._encode import score_batch
 from r2m_client._tensors import HiddenStates
 from r2m_client.errors import R2MError
-from r2m_client.types import Group, Pair
+from r2m_client.types import Group, Pair, RunOptions
 from r2m_proto import InfoResponse, RunInfo, ScoreResponse, UpdateResponse
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 T = TypeVar("T")
 
@@ -24,7 +35,9 @@ class AsyncR2MClient(BaseR2MClient):
     """Asyncio r2m client; same constructor and methods as `R2MClient`, awaited."""
 
     _http_class: ClassVar[type[httpx.AsyncClient]] = httpx.AsyncClient
+    _lock_class: ClassVar[type[asyncio.Lock]] = asyncio.Lock
     _http: httpx.AsyncClient
+    _limits_lock: asyncio.Lock
 
     async def __aenter__(self) -> AsyncR2MClient:
         return self
@@ -50,19 +63,11 @@ class AsyncR2MClient(BaseR2MClient):
         policy_hidden_size: int,
         total_steps: int,
         *,
-        omega_floor: float = 0.6,
-        alpha: float = 0.3,
-        learning_rate: float = 1e-6,
-        weight_decay: float = 0.0,
-        attention_dim: int | None = None,
-        seed: int | None = None,
         run_id: str | None = None,
+        **options: Unpack[RunOptions],
     ) -> RunInfo:
-        return await self._run(self._create_run_call(
-            policy_hidden_size=policy_hidden_size, total_steps=total_steps,
-            omega_floor=omega_floor, alpha=alpha, learning_rate=learning_rate,
-            weight_decay=weight_decay, attention_dim=attention_dim, seed=seed,
-            run_id=run_id))
+        return await self._run(self._create_run_call(policy_hidden_size, total_steps, run_id,
+                                                     options))
 
     async def get_run(self, run_id: str) -> RunInfo:
         return await self._run(self._get_run_call(run_id))
@@ -88,8 +93,9 @@ class AsyncR2MClient(BaseR2MClient):
         step: int | None = None,
         min_version: int | None = None,
     ) -> ScoreResponse:
-        return await self._run(self._score_call(run_id, prompts, responses, hidden_states, step,
-                                                min_version))
+        batch = score_batch(run_id, prompts, responses, hidden_states, step=step,
+                            min_version=min_version)
+        return await self._run(self._score_call(batch, await self._request_limits()))
 
     async def update(
         self,
@@ -99,8 +105,10 @@ class AsyncR2MClient(BaseR2MClient):
         pairs: Sequence[Pair] | None = None,
         step: int | None = None,
         idempotency_key: str | None = None,
+        learning_rate: float | None = None,
     ) -> UpdateResponse:
-        return await self._run(self._update_call(run_id, groups, pairs, step, idempotency_key))
+        return await self._run(self._update_call(run_id, groups, pairs, step, idempotency_key,
+                                                 learning_rate))
 
     async def _run(self, call: Call[T]) -> T:
         """Send the call's requests concurrently; on the first failure cancel the rest."""
@@ -113,6 +121,14 @@ class AsyncR2MClient(BaseR2MClient):
             raise
         return call.parse(answers)
 
+    async def _request_limits(self) -> RequestLimits:
+        """As `R2MClient._request_limits`: concurrent first score calls share one `/v1/info`."""
+        if self._limits is None:
+            async with self._limits_lock:
+                if self._limits is None:
+                    self._limits = await self._run(self._limits_call())
+        return self._limits
+
     async def _probe(self, path: str) -> bool:
         try:
             await self._send(Request("GET", path), retry=False)
@@ -124,10 +140,9 @@ class AsyncR2MClient(BaseR2MClient):
         attempt = 0
         while True:
             try:
-                with transport_errors():
-                    response = await self._http.request(
-                        request.method, request.path, headers=request.all_headers(),
-                        content=request.body.aslices() if request.body else None)
+                outgoing = self._build(request, request.body.aslices() if request.body else None)
+                with transport_errors(outgoing):
+                    response = await self._http.send(outgoing)
                 return check_response(response)
             except R2MError as error:
                 delay = self._retry_delay(attempt, error) if retry else None

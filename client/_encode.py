@@ -3,8 +3,8 @@
 A binary body is a safetensors file whose metadata holds the request JSON and whose tensors are
 the hidden states, named by their place in the request (`items.3.hidden_states`); a JSON body
 inlines them as base64. Requests are built as proto models, so the client checks a request with
-the very schema the server uses before sending a byte. Big score batches are split here into
-bodies under a byte budget.
+the very schema the server uses before sending a byte (`_checks` words the errors in the caller's
+terms). Big score batches are split here into bodies under a byte and an item budget.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from r2m_client._checks import build, check_same_width, check_score_batch, check_update
 from r2m_client._tensors import HiddenStates, hidden_states_to_wire
 from r2m_client.types import Group, Pair
 from r2m_proto import (
@@ -32,7 +33,8 @@ from r2m_proto import (
 )
 from r2m_proto.tensors import TensorView, encode_wire_tensor
 
-# httpx sends one big `bytes` body in quadratic time; 1 MiB slices keep it linear (MEASURED.md).
+# httpx sends one big `bytes` body in quadratic time (after each partial send it re-slices what is
+# left, a copy); an iterator of 1 MiB views with an explicit Content-Length keeps it linear.
 SLICE_BYTES = 1 << 20
 # Upper bounds on the JSON around a score item / a request (keys, tensor name, header entry).
 _ITEM_OVERHEAD = 256
@@ -105,6 +107,64 @@ class ScoreChunk:
     body: Body
 
 
+@dataclass(frozen=True)
+class ScoreBatch:
+    """A checked score call with its hidden states as wire views: all but how to split it.
+
+    Checking comes first and alone because the split needs the request limits, which the client
+    may first have to ask the server for: a mistake in the call must surface before that.
+    """
+
+    run_id: str
+    prompts: Sequence[str]
+    responses: Sequence[str]
+    arrays: Sequence[TensorView | None]
+    step: int | None
+    min_version: int | None
+
+    def chunks(self, *, binary: bool, max_bytes: int,
+               max_items: int | None = None) -> list[ScoreChunk]:
+        """Consecutive slices of the batch, each body at most `max_bytes` and `max_items` items
+        (an item that alone is bigger goes alone; the server's limit then decides), in the
+        caller's order."""
+        budget = max_bytes - _REQUEST_OVERHEAD - _text_bytes(self.run_id, binary)
+        costs = [_item_cost(p, r, h, binary)
+                 for p, r, h in zip(self.prompts, self.responses, self.arrays, strict=True)]
+        chunks = []
+        for part in split_by_budget(costs, budget, max_items):
+            sink = _TensorSink(binary)
+            items = []
+            for j, i in enumerate(part):
+                array = self.arrays[i]
+                hidden = None if array is None else sink.field(f"items.{j}.hidden_states", array)
+                items.append(ScoreItem(prompt=self.prompts[i], response=self.responses[i],
+                                       hidden_states=hidden))
+            request = ScoreRequest(run_id=self.run_id, step=self.step,
+                                   min_version=self.min_version, items=items)
+            chunks.append(ScoreChunk(size=len(part), body=sink.body(request)))
+        return chunks
+
+
+def score_batch(
+    run_id: str,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    hidden_states: Sequence[HiddenStates | None] | None,
+    *,
+    step: int | None,
+    min_version: int | None,
+) -> ScoreBatch:
+    """The call checked against every rule a score request has, before any I/O."""
+    n = check_score_batch(prompts, responses, hidden_states)
+    arrays = [None if h is None else hidden_states_to_wire(h, f"hidden_states[{i}]")
+              for i, h in enumerate([None] * n if hidden_states is None else hidden_states)]
+    check_same_width((f"hidden_states[{i}]", a) for i, a in enumerate(arrays) if a is not None)
+    # The request's own fields (run id, step, min_version), checked once with the first item.
+    build(ScoreRequest, run_id=run_id, step=step, min_version=min_version,
+          items=[ScoreItem(prompt=prompts[0], response=responses[0])])
+    return ScoreBatch(run_id, prompts, responses, arrays, step, min_version)
+
+
 def score_chunks(
     run_id: str,
     prompts: Sequence[str],
@@ -117,43 +177,10 @@ def score_chunks(
     max_bytes: int,
     max_items: int | None = None,
 ) -> list[ScoreChunk]:
-    """Consecutive slices of the batch, each body at most `max_bytes` and `max_items` items (an
-    item that alone is bigger goes alone; the server's limit then decides), in the caller's
-    order."""
-    n = _check_batch(prompts, responses, hidden_states)
-    arrays = [None if h is None else hidden_states_to_wire(h, f"items.{i}.hidden_states")
-              for i, h in enumerate([None] * n if hidden_states is None else hidden_states)]
-    budget = max_bytes - _REQUEST_OVERHEAD - _text_bytes(run_id, binary)
-    costs = [_item_cost(p, r, h, binary) for p, r, h in zip(prompts, responses, arrays,
-                                                            strict=True)]
-    chunks = []
-    for part in split_by_budget(costs, budget, max_items):
-        sink = _TensorSink(binary)
-        items = []
-        for j, i in enumerate(part):
-            array = arrays[i]
-            hidden = None if array is None else sink.field(f"items.{j}.hidden_states", array)
-            items.append(ScoreItem(prompt=prompts[i], response=responses[i],
-                                   hidden_states=hidden))
-        request = ScoreRequest(run_id=run_id, step=step, min_version=min_version, items=items)
-        chunks.append(ScoreChunk(size=len(part), body=sink.body(request)))
-    return chunks
-
-
-def _check_batch(prompts: Sequence[str], responses: Sequence[str],
-                 hidden_states: Sequence[object] | None) -> int:
-    """The batch size, after the mistakes a zip would silently hide."""
-    for name, seq in (("prompts", prompts), ("responses", responses)):
-        if isinstance(seq, str):
-            raise TypeError(f"{name} must be a sequence of strings, not one string")
-    n = len(prompts)
-    if n == 0:
-        raise ValueError("score needs at least one item")
-    if len(responses) != n:
-        raise ValueError(f"got {n} prompts but {len(responses)} responses")
-    if hidden_states is not None and len(hidden_states) != n:
-        raise ValueError(f"got {n} prompts but {len(hidden_states)} hidden-state tensors")
-    return n
+    """`score_batch(...).chunks(...)`: the bodies of a score call whose limits are known."""
+    return score_batch(run_id, prompts, responses, hidden_states, step=step,
+                       min_version=min_version).chunks(binary=binary, max_bytes=max_bytes,
+                                                       max_items=max_items)
 
 
 def split_by_budget(costs: Sequence[int], budget: int,
@@ -179,27 +206,37 @@ def update_body(
     pairs: Sequence[Pair] | None,
     step: int | None,
     binary: bool,
+    learning_rate: float | None = None,
 ) -> Body:
     """One `/v1/update` body; an update is one optimizer step, so it is never split."""
+    check_update(groups, pairs)
     sink = _TensorSink(binary)
+    arrays: list[tuple[str, TensorView]] = []
 
-    def tensor(name: str, x: HiddenStates) -> WireTensor | str:
-        return sink.field(name, hidden_states_to_wire(x, name))
+    def tensor(field: str, name: str, x: HiddenStates) -> WireTensor | str:
+        """`x` under its caller-side `field` (errors) and its wire `name` (the body)."""
+        arrays.append((field, hidden_states_to_wire(x, field)))
+        return sink.field(name, arrays[-1][1])
 
     wire_groups = None if groups is None else [
-        UpdateGroup(prompt=g.prompt, responses=list(g.responses),
-                    hidden_states=[tensor(f"groups.{n}.hidden_states.{k}", h)
-                                   for k, h in enumerate(g.hidden_states)],
-                    scores=None if g.scores is None else list(g.scores))
+        build(UpdateGroup, f"groups[{n}]", prompt=g.prompt, responses=list(g.responses),
+              hidden_states=[tensor(f"groups[{n}].hidden_states[{k}]",
+                                    f"groups.{n}.hidden_states.{k}", h)
+                             for k, h in enumerate(g.hidden_states)],
+              scores=None if g.scores is None else list(g.scores))
         for n, g in enumerate(groups)
     ]
     wire_pairs = None if pairs is None else [
-        UpdatePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected,
-                   chosen_hidden=tensor(f"pairs.{n}.chosen_hidden", p.chosen_hidden),
-                   rejected_hidden=tensor(f"pairs.{n}.rejected_hidden", p.rejected_hidden))
+        build(UpdatePair, f"pairs[{n}]", prompt=p.prompt, chosen=p.chosen, rejected=p.rejected,
+              chosen_hidden=tensor(f"pairs[{n}].chosen_hidden", f"pairs.{n}.chosen_hidden",
+                                   p.chosen_hidden),
+              rejected_hidden=tensor(f"pairs[{n}].rejected_hidden", f"pairs.{n}.rejected_hidden",
+                                     p.rejected_hidden))
         for n, p in enumerate(pairs)
     ]
-    request = UpdateRequest(run_id=run_id, step=step, groups=wire_groups, pairs=wire_pairs)
+    check_same_width(arrays)
+    request = build(UpdateRequest, run_id=run_id, step=step, groups=wire_groups, pairs=wire_pairs,
+                    learning_rate=learning_rate)
     return sink.body(request)
 
 

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import httpx
 
-from r2m_client._core import BaseR2MClient, Call, Request, check_response, transport_errors
+from r2m_client._core import (
+    BaseR2MClient,
+    Call,
+    Request,
+    RequestLimits,
+    check_response,
+    transport_errors,
+)
+from r2m_client._encode import score_batch
 from r2m_client._tensors import HiddenStates
 from r2m_client.errors import R2MError
-from r2m_client.types import Group, Pair
+from r2m_client.types import Group, Pair, RunOptions
 from r2m_proto import InfoResponse, RunInfo, ScoreResponse, UpdateResponse
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 T = TypeVar("T")
 
@@ -28,14 +40,17 @@ class R2MClient(BaseR2MClient):
         run = rm.create_run(policy_hidden_size=4096, total_steps=1000)
         out = rm.score(run.run_id, prompts, responses, hidden_states, step=t)
     ```
-    Constructor: `base_url`, `timeout` (seconds or `httpx.Timeout`), `retries` (count or
-    `RetryPolicy`), `binary` (safetensors body instead of JSON+base64), `api_key` (sent as a
-    bearer token), `max_request_bytes` / `max_request_items` (score batches are split under
-    both), `headers`.
+    Constructor: `base_url` (the server's root, without `/v1`), `timeout` (seconds or
+    `httpx.Timeout`), `retries` (count or `RetryPolicy`), `binary` (safetensors body instead of
+    JSON+base64), `api_key` (sent as a bearer token), `max_request_bytes` / `max_request_items`
+    (score batches are split under both; by default the server's limits from `/v1/info`, asked
+    once, with requests of at most `DEFAULT_MAX_REQUEST_BYTES`), `headers`.
     """
 
     _http_class: ClassVar[type[httpx.Client]] = httpx.Client
+    _lock_class: ClassVar[type[threading.Lock]] = threading.Lock
     _http: httpx.Client
+    _limits_lock: threading.Lock
 
     def __enter__(self) -> R2MClient:
         return self
@@ -64,23 +79,17 @@ class R2MClient(BaseR2MClient):
         policy_hidden_size: int,
         total_steps: int,
         *,
-        omega_floor: float = 0.6,
-        alpha: float = 0.3,
-        learning_rate: float = 1e-6,
-        weight_decay: float = 0.0,
-        attention_dim: int | None = None,
-        seed: int | None = None,
         run_id: str | None = None,
+        **options: Unpack[RunOptions],
     ) -> RunInfo:
-        """Create a run: a fresh R2M module for one training job (hyper-parameters in R2M.md).
+        """Create a run: a fresh R2M module for one training job.
 
-        `run_id` names it (default: a fresh unique id); creating an existing id with the same
-        settings returns that run, so retries and restarted trainers are safe."""
-        return self._run(self._create_run_call(
-            policy_hidden_size=policy_hidden_size, total_steps=total_steps,
-            omega_floor=omega_floor, alpha=alpha, learning_rate=learning_rate,
-            weight_decay=weight_decay, attention_dim=attention_dim, seed=seed,
-            run_id=run_id))
+        `options` are the run's other settings (`RunOptions`: omega_floor, alpha, learning_rate,
+        ...); each left out gets the schema's default, and the answer's `config` shows every
+        value in force. `run_id` names the run (default: a fresh unique id); creating an
+        existing id with the same settings returns that run, so retries and restarted trainers
+        are safe."""
+        return self._run(self._create_run_call(policy_hidden_size, total_steps, run_id, options))
 
     def get_run(self, run_id: str) -> RunInfo:
         return self._run(self._get_run_call(run_id))
@@ -114,8 +123,9 @@ class R2MClient(BaseR2MClient):
         float32/float16 or torch float32/float16/bfloat16); an item without them gets the
         backbone-only reward. `min_version` waits until the run has at least that version.
         """
-        return self._run(self._score_call(run_id, prompts, responses, hidden_states, step,
-                                          min_version))
+        batch = score_batch(run_id, prompts, responses, hidden_states, step=step,
+                            min_version=min_version)
+        return self._run(self._score_call(batch, self._request_limits()))
 
     def update(
         self,
@@ -125,16 +135,28 @@ class R2MClient(BaseR2MClient):
         pairs: Sequence[Pair] | None = None,
         step: int | None = None,
         idempotency_key: str | None = None,
+        learning_rate: float | None = None,
     ) -> UpdateResponse:
         """One optimizer step of the run's R2M module: GREBT on `groups` or BT on `pairs`.
 
         Every try of this call carries the same Idempotency-Key (a fresh uuid4 unless given),
-        so a retry after a lost answer cannot apply the step twice.
+        so a retry after a lost answer cannot apply the step twice. `learning_rate` sets this
+        one step's rate instead of the run's (e.g. a fast head fit before slow online updates).
         """
-        return self._run(self._update_call(run_id, groups, pairs, step, idempotency_key))
+        return self._run(self._update_call(run_id, groups, pairs, step, idempotency_key,
+                                           learning_rate))
 
     def _run(self, call: Call[T]) -> T:
         return call.parse([self._send(request) for request in call.requests])
+
+    def _request_limits(self) -> RequestLimits:
+        """The limits score batches split under; the first call that needs them asks the server,
+        and concurrent first calls from several threads wait for that one answer."""
+        if self._limits is None:
+            with self._limits_lock:
+                if self._limits is None:
+                    self._limits = self._run(self._limits_call())
+        return self._limits
 
     def _probe(self, path: str) -> bool:
         try:
@@ -147,10 +169,9 @@ class R2MClient(BaseR2MClient):
         attempt = 0
         while True:
             try:
-                with transport_errors():
-                    response = self._http.request(
-                        request.method, request.path, headers=request.all_headers(),
-                        content=request.body.slices() if request.body else None)
+                outgoing = self._build(request, request.body.slices() if request.body else None)
+                with transport_errors(outgoing):
+                    response = self._http.send(outgoing)
                 return check_response(response)
             except R2MError as error:
                 delay = self._retry_delay(attempt, error) if retry else None

@@ -1,9 +1,10 @@
 """Policy hidden states (numpy arrays or torch tensors) as wire dtype, shape and raw bytes.
 
 The bytes are a view of the caller's memory whenever it already is little-endian, C-contiguous and
-on the CPU, so a 32 MiB sample is not copied before the socket sees it (MEASURED.md). numpy has no
-bfloat16, so a torch bf16 tensor travels as its 16-bit pattern. torch is never imported here: a
-tensor is recognised by its type's module, and the torch it needs is the one that made the tensor.
+on the CPU. One [2048, 8192] bf16 sample is 32 MiB, and a copy would cost a fresh allocation of
+that size and a pass over every byte before the socket sees any of it. numpy has no bfloat16, so a
+torch bf16 tensor travels as its 16-bit pattern. torch is never imported here: a tensor is
+recognised by its type's module, and the torch it needs is the one that made the tensor.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
+from r2m_client.errors import R2MInputError
 from r2m_proto.tensors import TensorView
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ _TORCH_DTYPES = {"torch.float32": "float32", "torch.float16": "float16",
 def hidden_states_to_wire(x: HiddenStates, field: str) -> TensorView:
     """Check that `x` is a 2-D [S, D_p] float tensor and expose its little-endian bytes.
 
-    `field` names the argument in error messages, e.g. `items.3.hidden_states`.
+    `field` names the argument in error messages, in the caller's terms (`hidden_states[3]`).
     """
     if isinstance(x, np.ndarray):
         dtype = _check(field, _NUMPY_DTYPES.get(x.dtype.name), x.dtype.name, x.shape,
@@ -54,8 +56,8 @@ def _check(field: str, dtype: str | None, got: str, shape: tuple[int, ...], conv
         raise TypeError(f"{field}: dtype {got} is not a wire dtype (float32, float16, bfloat16); "
                         f"convert first, e.g. {convert}")
     if len(shape) != 2:
-        raise ValueError(f"{field}: hidden states must be 2-D [seq_len, policy_hidden_size], "
-                         f"got shape {list(shape)}")
+        raise R2MInputError("hidden states must be 2-D [seq_len, policy_hidden_size], got "
+                            f"shape {list(shape)}", field=field)
     return dtype
 
 

@@ -16,7 +16,8 @@ class ErrorCode(str, Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RUN_NOT_FOUND = "run_not_found"
     NOT_FOUND = "not_found"
-    VERSION_CONFLICT = "version_conflict"
+    VERSION_CONFLICT = "version_conflict"  # min_version not reached in time
+    RUN_EXISTS = "run_exists"  # a caller-chosen run id taken by a run with other settings
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     CLIENT_CLOSED = "client_closed"
@@ -36,20 +37,18 @@ class ErrorBody(BaseModel):
 
 
 class WireError(ValueError):
-    """A request the service refuses, as it goes on the wire.
+    """A request that cannot be decoded from the wire (body, media type, credentials), with the
+    error code it answers. The service's own refusals are domain errors (`r2m_service.errors`).
 
-    `field` is a path such as `items[2].hidden_states`; `retry_after_s` becomes a Retry-After
-    header (overload, unavailability).
+    `field` is a path such as `items[2].hidden_states`.
     """
 
     def __init__(self, message: str, field: str | None = None,
-                 code: ErrorCode = ErrorCode.INVALID_REQUEST,
-                 retry_after_s: int | None = None) -> None:
+                 code: ErrorCode = ErrorCode.INVALID_REQUEST) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.code = code
-        self.retry_after_s = retry_after_s
 
 
 def field_path(loc: tuple[str | int, ...] | list[str | int]) -> str:

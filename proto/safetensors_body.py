@@ -4,7 +4,8 @@ Layout: u64 little-endian header length N, N bytes of JSON header (padded with s
 of 8), then the raw tensor bytes. The header maps each tensor name to `{dtype, shape,
 data_offsets: [begin, end]}` (offsets relative to the end of the header) and may hold a
 `__metadata__` map of strings. Parsing the header by hand takes microseconds and the tensors stay
-views into the receive buffer (MEASURED.md); the output is a standard file `safetensors` reads.
+views into the receive buffer (docs/measurements.md#moving-hidden-states); the output is a
+standard file `safetensors` reads.
 """
 
 from __future__ import annotations

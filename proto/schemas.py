@@ -6,7 +6,7 @@ binary safetensors body. Bulk tensor bytes are never pydantic-validated element 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class RunSettings(_Strict):
-    """The R2M hyper-parameters of one training run (R2M.md)."""
+    """The R2M hyper-parameters of one training run (docs/method.md#notation)."""
 
     policy_hidden_size: int = Field(gt=0, description="D_p, the policy's hidden size.")
     total_steps: int = Field(gt=0, description="T, the total number of RL steps.")
@@ -36,6 +36,17 @@ class RunSettings(_Strict):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     attention_dim: int | None = Field(None, gt=0, description="d; default min(D_rm, 2048).")
     seed: int | None = Field(None, description="Seed of the module's initialisation.")
+    # Guards beyond the paper (service/guards.py); the defaults are the paper's setting.
+    init: Literal["default", "zero_o"] = Field(
+        "default", description="[choice, beyond the paper] `default`: PyTorch's Linear init for "
+        "W_q, W_k, W_v, W_o. `zero_o`: W_o = 0, so until trained the reward is ϕ(ω·H_last), the "
+        "static RM's ranking at any ω, with no random feedback branch.")
+    head_learning_rate: float | None = Field(
+        None, gt=0.0, description="[beyond the paper] AdamW learning rate of ϕ; `learning_rate` "
+        "then applies to W_q, W_k, W_v, W_o only. Default: `learning_rate` for all.")
+    max_grad_norm: float | None = Field(
+        None, gt=0.0, description="[beyond the paper] Clip the global gradient norm of the "
+        "module to this before each step. Default: no clipping (the paper's).")
 
 
 class CreateRunRequest(RunSettings):
@@ -55,11 +66,36 @@ class RunConfig(RunSettings):
     seed: int
 
 
+class RewardDiagnostics(_Strict):
+    """[beyond the paper] How a run's reward behaves, from the rewards this process served at
+    the run's latest scored RL step. R2M's reward is linear in H_fin, so it splits exactly into
+    the feedback branch (1 − ω)·w·Ĥ and the RTE branch ω·w·H_last + b. Figures need ≥ 2 rewards
+    at a step; they restart with the process (not part of the run's stored state)."""
+
+    step: int | None = Field(None, description="RL step of the rewards described.")
+    items: int = Field(0, description="Rewards served at that step.")
+    reward_mean: float | None = None
+    reward_std: float | None = Field(None, description="Population std over the step's rewards.")
+    feedback_std: float | None = Field(None, description="Std of (1 − ω)·w·Ĥ.")
+    rte_std: float | None = Field(None, description="Std of ω·w·H_last + b.")
+    feedback_share: float | None = Field(
+        None, description="Var(feedback) / (Var(feedback) + Var(RTE)): near 1 when the feedback "
+        "branch dominates the ranking.")
+    reference_reward_std: float | None = Field(
+        None, description="Reward std at the first scored step with a spread.")
+    scale_drift: float | None = Field(
+        None, description="reward_std / reference_reward_std: how far the reward scale moved.")
+    o_norm: float | None = Field(None, description="‖W_o‖ (Frobenius), after the latest "
+                                 "score or update.")
+    head_norm: float | None = Field(None, description="‖w‖ of ϕ, likewise.")
+
+
 class RunInfo(_Strict):
     run_id: str
     config: RunConfig
     step: int
     version: int
+    diagnostics: RewardDiagnostics = Field(default_factory=RewardDiagnostics)
 
 
 class ScoreItem(_Strict):
@@ -117,6 +153,10 @@ class UpdateRequest(_Strict):
     step: Step | None = None
     groups: list[UpdateGroup] | None = Field(None, min_length=1)
     pairs: list[UpdatePair] | None = Field(None, min_length=1)
+    learning_rate: float | None = Field(
+        None, gt=0.0, description="[beyond the paper] This step's learning rate for every "
+        "trainable tensor instead of the run's (e.g. fitting ϕ on labelled pairs at step 0, "
+        "then online updates at the run's rate). The run's settings do not change.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> UpdateRequest:
@@ -146,4 +186,8 @@ class InfoResponse(_Strict):
     max_body_bytes: int
     max_items: int
     runs: int
-    version: str
+    software_version: str = Field(description="The r2m release serving (a run's `version` "
+                                              "counts its updates; this is unrelated).")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="The server's effective settings (`r2m serve "
+        "--help`), secrets redacted.")

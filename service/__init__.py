@@ -1,5 +1,5 @@
 """The r2m server: a frozen reward-model backbone shared by many runs, each with its own
-online-trained R2M module (R2M.md), behind a FastAPI app.
+online-trained R2M module (docs/method.md), behind a FastAPI app.
 
 The data path, one module per concern: `text_format` (prompt/response → token ids), `backbone`
 (token ids → reward token embeddings), `r2m_module` + `losses` (RTE + hidden states → reward;

@@ -1,6 +1,6 @@
 """The frozen reward-model backbone: text pairs → reward token embeddings (RTE).
 
-Two kinds (DESIGN.md "Concepts"):
+Two kinds (docs/method.md, "Backbone and reward token embedding"):
 - a `*ForSequenceClassification` with one label: the RTE is exactly the input of its final scoring
   linear layer (captured with a forward hook, so each architecture's own head code runs) and ϕ
   starts as a copy of that layer, so at t = 0 the service reproduces the RM's own logits;
@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,25 @@ class Pooling:
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
+@dataclass(frozen=True)
+class ForwardPass:
+    """What one backbone forward cost: the callers turn it into metrics."""
+
+    sequences: int
+    padded_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Embedded:
+    rtes: torch.Tensor  # [B, D_rm] float32, on the backbone's device
+    passes: list[ForwardPass]
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.passes)
+
+
 class Backbone:
     """A frozen RM or encoder that turns formatted text into RTEs (float32, on `device`)."""
 
@@ -99,8 +118,6 @@ class Backbone:
         self.dtype = dtype
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
-        # observer of each forward pass: (sequences, padded tokens, seconds); set by the engine
-        self.on_forward: Callable[[int, int, float], None] | None = None
         config = AutoConfig.from_pretrained(self.path, local_files_only=True)
         is_reward_model = config.num_labels == 1 and any(
             a.endswith("ForSequenceClassification") for a in config.architectures or [])
@@ -132,20 +149,20 @@ class Backbone:
         return weight, bias
 
     @torch.no_grad()
-    def embed(self, encoded: Sequence[Encoded]) -> torch.Tensor:
-        """RTEs `[B, D_rm]` float32. Sequences are sorted by length and cut into forward passes
-        under the token budget (padded cost = longest × count) and the batch size, so short
-        items never pay for a long one's padding."""
+    def embed(self, encoded: Sequence[Encoded]) -> Embedded:
+        """RTEs `[B, D_rm]` float32, and the cost of each forward pass. Sequences are sorted by
+        length and cut into forward passes under the token budget (padded cost = longest ×
+        count) and the batch size, so short items never pay for a long one's padding."""
         out = torch.empty(len(encoded), self.hidden_size, device=self.device)
+        passes = []
         for chunk in self._length_buckets(encoded):
             started = time.perf_counter()
             out[chunk] = self._forward([encoded[i] for i in chunk])
-            if self.on_forward is not None:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                padded = len(chunk) * len(encoded[chunk[-1]].input_ids)
-                self.on_forward(len(chunk), padded, time.perf_counter() - started)
-        return out
+            if self.device.type == "cuda":  # else the time would be the launch, not the work
+                torch.cuda.synchronize(self.device)
+            passes.append(ForwardPass(len(chunk), len(chunk) * len(encoded[chunk[-1]].input_ids),
+                                      time.perf_counter() - started))
+        return Embedded(out, passes)
 
     def _length_buckets(self, encoded: Sequence[Encoded]) -> list[list[int]]:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))

@@ -6,7 +6,8 @@
   starve an 8-item one that arrived just after it. An item that would break the budget waits for
   the next batch (FIFO per request).
 - No max wait: the next batch forms the moment the model thread is free, and requests that came
-  while it was busy are exactly what fills it (MEASURED.md: a positive wait only costs).
+  while it was busy are exactly what fills it (measured: a positive wait only costs; see
+  docs/measurements.md).
 - Bounded: past `max_queued_items` a request is refused with 429 rather than queued for ever.
 - A request whose client left is dropped from the queue (its future is cancelled).
 """
@@ -17,17 +18,9 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from r2m_proto.errors import ErrorCode, WireError
+from r2m_service.errors import Overloaded
 from r2m_service.runs import Run
 from r2m_service.samples import Sample, token_count
-
-
-class Overloaded(WireError):
-    """429 with a Retry-After: the queue is full."""
-
-    def __init__(self, queued: int, limit: int, retry_after_s: int = 1) -> None:
-        super().__init__(f"the score queue is full ({queued} items queued, limit {limit}); retry "
-                         f"after {retry_after_s}s", None, ErrorCode.OVERLOADED, retry_after_s)
 
 
 @dataclass(eq=False)
@@ -38,6 +31,7 @@ class ScoreJob:
     samples: list[Sample]
     omega: float
     future: asyncio.Future[list[float]]
+    step: int = 0  # the RL step it is scored at (reward diagnostics tally by step)
     rewards: list[float] = field(default_factory=list)
     next_item: int = 0  # first item not yet handed to a batch
     done_items: int = 0

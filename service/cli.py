@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import ValidationError
 
 from r2m_service.api_keys import KeyRing
 from r2m_service.cli_keys import add_keys_parser, run_keys
@@ -17,20 +22,26 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the HTTP service",
                            description="Serve a reward-model backbone with per-run R2M modules.")
     for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind = _flag_type(field.annotation)
-        serve.add_argument(flag, type=kind, default=None, dest=name,
+        serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                            help=f"{field.description or ''} (env R2M_{name.upper()}; "
-                                f"default: {field.default})")
+                                f"default: {field.default})",
+                           **_flag_options(field.annotation))
 
 
-def _flag_type(annotation: object) -> type:
-    text = str(annotation)
-    if "int" in text and "str" not in text:
-        return int
-    if "float" in text:
-        return float
-    return str
+def _flag_options(annotation: Any) -> dict[str, Any]:
+    """argparse options for a settings field, from its real type: `X | None` is X, a Literal
+    gives choices, a bool gives `--flag/--no-flag`. Pydantic validates the value afterwards, so
+    bounds and messages are the settings model's own."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation = args[0]
+    if get_origin(annotation) is Literal:
+        return {"choices": list(get_args(annotation))}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    raise TypeError(f"no command-line flag type for settings annotation {annotation!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "openapi":
         return print_openapi()
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    return serve(Settings(**overrides))
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            flag = "--" + "-".join(str(p) for p in error["loc"]).replace("_", "-")
+            print(f"r2m serve: {flag}: {error['msg']}", file=sys.stderr)
+        return 2
+    return serve(settings)
 
 
 def print_openapi() -> int:
@@ -86,10 +104,31 @@ def serve(settings: Settings) -> int:
     except FileNotFoundError as exc:
         print(f"r2m serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
-                log_config=None, access_log=False)  # logging_setup and the request middleware
+    try:  # bind before anything loads: a busy port fails in a second, not after the model
+        listener = _bind(settings.host, settings.port)
+    except OSError as exc:
+        print(f"r2m serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
+                            timeout_graceful_shutdown=30, log_config=None,
+                            access_log=False)  # logging_setup and the request middleware
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, as uvicorn would make it (it serves on this one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        raise
+    listener.set_inheritable(True)
+    return listener
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from typing import TypeVar
 
 import torch
 
-from r2m_proto.errors import WireError
 from r2m_proto.schemas import (
     CreateRunRequest,
+    RunConfig,
     RunInfo,
     ScoreRequest,
     ScoreResponse,
@@ -30,21 +30,16 @@ from r2m_proto.schemas import (
     UpdateResponse,
 )
 from r2m_proto.tensors import TensorView
-from r2m_service.backbone import Backbone
+from r2m_service.backbone import Backbone, Embedded
 from r2m_service.batching import BatchItem, ScoreJob, ScoreQueue
+from r2m_service.errors import InvalidInput
+from r2m_service.guards import optimizer_step
 from r2m_service.losses import LossTerms, grebt, pairwise_bt
 from r2m_service.metrics import LOSS_TERMS, Metrics
 from r2m_service.r2m_module import omega
+from r2m_service.reward_diagnostics import observe_scores
 from r2m_service.run_directory import RunDirectory
-from r2m_service.runs import (
-    Run,
-    RunExists,
-    RunNotFound,
-    build_run,
-    matches,
-    new_run_id,
-    resolve_config,
-)
+from r2m_service.runs import Run, build_run
 from r2m_service.samples import (
     Sample,
     UpdateBatch,
@@ -77,13 +72,10 @@ class Engine:
                                  min_version_wait_s=settings.min_version_wait_s)
         self._prep_thread = ThreadPoolExecutor(1, thread_name_prefix="r2m-prep")
         self._batcher: asyncio.Task[None] | None = None
-        self._backbone_seconds = 0.0  # backbone time of the batch in flight (model thread)
-        backbone.on_forward = self._observe_forward
 
     async def start(self) -> None:
         self._batcher = asyncio.create_task(self._batch_loop(), name="r2m-batcher")
-        await self.store.start(self.runs.on_store_event)
-        restored = await self.runs.restore_stored()
+        restored = await self.runs.start()
         self.metrics.runs.set(len(self.runs))
         if restored:
             log.info("restored %d runs from the state store", restored)
@@ -100,31 +92,16 @@ class Engine:
     # ---- runs -------------------------------------------------------------------------------
 
     async def create_run(self, request: CreateRunRequest) -> tuple[RunInfo, bool]:
-        """(the run, whether it was created now). A caller-chosen id that exists with the same
-        settings answers the existing run: a retried create is harmless."""
-        if request.run_id is not None:
-            existing = await self.runs.find(request.run_id)
-            if existing is not None:
-                return self._existing(request, existing), False
-        config = resolve_config(request, self.backbone.hidden_size)
-        run = await self._on_model(build_run, request.run_id or new_run_id(), config,
-                                   self.backbone.hidden_size, self.backbone.identity,
-                                   self.backbone.initial_head(), self.backbone.device)
-        if not await self.runs.add(run):  # created concurrently under the same id
-            try:
-                existing = await self.runs.current(run.run_id)
-            except RunNotFound:  # its creator has claimed the id but not finished yet
-                raise RunExists(run.run_id, "is being created; retry shortly") from None
-            return self._existing(request, existing), False
-        self.metrics.runs.set(len(self.runs))
-        self.metrics.run_version.labels(run.run_id).set(run.version)
-        return run.info(), True
+        """(the run, whether it was created now); see `RunDirectory.create`."""
+        info, created = await self.runs.create(request, self._build_run)
+        if created:
+            self.metrics.runs.set(len(self.runs))
+            self.metrics.run_version.labels(info.run_id).set(info.version)
+        return info, created
 
-    @staticmethod
-    def _existing(request: CreateRunRequest, run: Run) -> RunInfo:
-        if not matches(request, run.config):
-            raise RunExists(run.run_id)
-        return run.info()
+    def _build_run(self, run_id: str, config: RunConfig) -> Run:
+        return build_run(run_id, config, self.backbone.hidden_size, self.backbone.identity,
+                         self.backbone.initial_head(), self.backbone.device)
 
     async def get_run(self, run_id: str) -> RunInfo:
         return (await self.runs.current(run_id)).info()
@@ -146,10 +123,11 @@ class Engine:
         run = await self.runs.current(request.run_id, request.min_version)
         samples = await self._on(self._prep_thread, self._prepare_score, request, run,
                                  body_tensors)
-        step = run.step if request.step is None else request.step
-        omega_t = omega(step, run.config.total_steps, run.config.omega_floor)
-        async with run.gate.read():
-            job = ScoreJob(run, samples, omega_t, asyncio.get_running_loop().create_future())
+        async with run.gate.read():  # version, step and ω of one response belong together
+            step = run.step if request.step is None else request.step
+            omega_t = omega(step, run.config.total_steps, run.config.omega_floor)
+            job = ScoreJob(run, samples, omega_t, asyncio.get_running_loop().create_future(),
+                           step)
             self.queue.put(job)
             self.metrics.queue_size.set(self.queue.queued_items)
             try:
@@ -188,8 +166,7 @@ class Engine:
         """One model batch: a backbone pass for the uncached items of every request in it, then
         each run's module over its own items (batched per run and ω)."""
         samples = [item.sample for item in items]
-        self._backbone_seconds = 0.0
-        self._fill_rtes(samples)
+        backbone_seconds = self._fill_rtes(samples)
         started = time.perf_counter()
         rewards = torch.empty(len(items))
         groups: dict[tuple[int, float], list[int]] = defaultdict(list)
@@ -200,10 +177,12 @@ class Engine:
                 job = items[positions[0]].job
                 chosen = [samples[p] for p in positions]
                 rewards[positions] = self._rewards(job.run, chosen, job.omega).float().cpu()
+                observe_scores(job.run, [items[p] for p in positions], rewards[positions],
+                               self.metrics)
         module_seconds = self._observe_module("score", started)
         self.metrics.batch_size.observe(len(items))
-        if self._backbone_seconds > 0:
-            self.metrics.module_overhead.observe(module_seconds / self._backbone_seconds)
+        if backbone_seconds > 0:
+            self.metrics.module_overhead.observe(module_seconds / backbone_seconds)
         return rewards.tolist()
 
     # ---- update -----------------------------------------------------------------------------
@@ -213,14 +192,9 @@ class Engine:
         run = await self.runs.current(request.run_id)
         batch = await self._on(self._prep_thread, self._prepare_update, request, run,
                                body_tensors)
-        async with run.gate.write(), self.store.update_lock(run.run_id) as lock:
-            await self.runs.catch_up(run)
-            if idempotency_key is not None:
-                recorded = await self.store.recorded_response(run.run_id, idempotency_key)
-                if recorded is not None:
-                    return UpdateResponse.model_validate_json(recorded)
-            response = await self._on_model(self._update_now, run, request.step, batch)
-            await self.runs.commit(run, response.model_dump_json(), idempotency_key, lock)
+        response = await self.runs.update(
+            run, idempotency_key,
+            lambda current: self._update_now(current, request.step, batch, request.learning_rate))
         self.metrics.run_version.labels(run.run_id).set(response.version)
         for term in LOSS_TERMS:
             value = getattr(response, term)
@@ -228,7 +202,8 @@ class Engine:
                 self.metrics.update_loss.labels(run.run_id, term).set(value)
         return response
 
-    def _update_now(self, run: Run, step: int | None, batch: UpdateBatch) -> UpdateResponse:
+    def _update_now(self, run: Run, step: int | None, batch: UpdateBatch,
+                    learning_rate: float | None = None) -> UpdateResponse:
         """One optimizer step. Nothing about the run changes unless every check passed."""
         step = run.step if step is None else step
         omega_t = omega(step, run.config.total_steps, run.config.omega_floor)
@@ -237,15 +212,13 @@ class Engine:
         rewards = self._rewards(run, batch.samples, omega_t)
         terms = _objective(rewards, batch, run.config.alpha)
         if not bool(torch.isfinite(terms.loss)):
-            raise WireError("the loss is not finite for this batch; the run was not changed",
-                            "body")
+            raise InvalidInput("the loss is not finite for this batch; the run was not changed",
+                               "body")
         run.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
-        grad_norm = torch.nn.utils.get_total_norm(
-            [p.grad for p in run.module.parameters() if p.grad is not None])
-        run.optimizer.step()
-        run.step = step + 1
-        run.version += 1
+        grad_norm = optimizer_step(run.optimizer, run.module, run.config.max_grad_norm,
+                                   learning_rate)
+        run.advance(step)
         self._observe_module("update", started)
         return UpdateResponse(
             version=run.version, step=run.step, loss=terms.loss.item(),
@@ -266,8 +239,9 @@ class Engine:
         prepare(batch.samples, self.backbone, self._rte_cache)
         return batch
 
-    def _fill_rtes(self, samples: Sequence[Sample]) -> None:
-        """Backbone pass for samples without an RTE (each distinct text once); cache them."""
+    def _fill_rtes(self, samples: Sequence[Sample]) -> float:
+        """Backbone pass for samples without an RTE (each distinct text once); cache them.
+        Returns the backbone's seconds."""
         hits = sum(s.rte is not None for s in samples)
         self.metrics.rte_cache_hits.inc(hits)
         self.metrics.rte_cache_misses.inc(len(samples) - hits)
@@ -276,14 +250,16 @@ class Engine:
             if sample.rte is None:
                 unique.setdefault(sample.key, sample)
         if not unique:
-            return
-        fresh = self.backbone.embed([s.encoded for s in unique.values()])  # type: ignore[misc]
-        rows = list(fresh.unbind())
+            return 0.0
+        embedded = self.backbone.embed([s.encoded for s in unique.values()])  # type: ignore[misc]
+        self._observe_forward(embedded)
+        rows = list(embedded.rtes.unbind())
         self._rte_cache.put_many(list(unique), rows)
         by_key = dict(zip(unique, rows, strict=True))
         for sample in samples:
             if sample.rte is None:
                 sample.rte = by_key[sample.key]
+        return embedded.seconds
 
     def _rewards(self, run: Run, samples: Sequence[Sample], omega_t: float) -> torch.Tensor:
         """Rewards in sample order; samples without hidden states get ϕ(H_last)."""
@@ -298,10 +274,10 @@ class Engine:
             rewards = rewards.index_put((index,), fed_back)
         return rewards
 
-    def _observe_forward(self, sequences: int, padded_tokens: int, seconds: float) -> None:
-        self._backbone_seconds += seconds
-        self.metrics.batch_tokens.observe(padded_tokens)
-        self.metrics.backbone_duration.observe(seconds)
+    def _observe_forward(self, embedded: Embedded) -> None:
+        for forward in embedded.passes:
+            self.metrics.batch_tokens.observe(forward.padded_tokens)
+            self.metrics.backbone_duration.observe(forward.seconds)
 
     def _observe_module(self, phase: str, started: float) -> float:
         if self.backbone.device.type == "cuda":

@@ -6,10 +6,10 @@ import warnings
 
 import torch
 
-from r2m_proto.errors import WireError
 from r2m_proto.schemas import TensorField
 from r2m_proto.tensors import TensorView, WireTensor
 from r2m_service.backbone import TORCH_DTYPES
+from r2m_service.errors import InvalidInput
 
 
 def to_torch(view: TensorView) -> torch.Tensor:
@@ -37,34 +37,34 @@ class HiddenStateResolver:
     def resolve(self, value: TensorField, field: str) -> torch.Tensor:
         view = self._view(value, field)
         if len(view.shape) != 2:
-            raise WireError(f"expected a rank-2 tensor [S, D_p={self.policy_hidden_size}], got "
+            raise InvalidInput(f"expected a rank-2 tensor [S, D_p={self.policy_hidden_size}], got "
                             f"shape {list(view.shape)}", field)
         length, width = view.shape
         if width != self.policy_hidden_size:
-            raise WireError(f"expected hidden size D_p={self.policy_hidden_size} (the run's "
+            raise InvalidInput(f"expected hidden size D_p={self.policy_hidden_size} (the run's "
                             f"policy_hidden_size), got shape {list(view.shape)}", field)
         if length == 0:
-            raise WireError("expected at least one token (S ≥ 1), got S = 0", field)
+            raise InvalidInput("expected at least one token (S ≥ 1), got S = 0", field)
         tensor = to_torch(view)
         if not _all_finite(tensor):
-            raise WireError("hidden states contain NaN or Inf", field)
+            raise InvalidInput("hidden states contain NaN or Inf", field)
         return tensor
 
     def check_all_used(self) -> None:
         unused = sorted(set(self._body or ()) - self._used)
         if unused:
-            raise WireError(f"body tensors not referenced by the request: {unused[:5]}", "body")
+            raise InvalidInput(f"body tensors not referenced by the request: {unused[:5]}", "body")
 
     def _view(self, value: TensorField, field: str) -> TensorView:
         if isinstance(value, WireTensor):
             return value.view(field)
         if self._body is None:
-            raise WireError("tensor names refer to a safetensors body; in a JSON body give "
+            raise InvalidInput("tensor names refer to a safetensors body; in a JSON body give "
                             "{dtype, shape, data}", field)
         if value not in self._body:
-            raise WireError(f"no tensor named {value!r} in the body", field)
+            raise InvalidInput(f"no tensor named {value!r} in the body", field)
         if value in self._used:
-            raise WireError(f"tensor {value!r} is referenced twice", field)
+            raise InvalidInput(f"tensor {value!r} is referenced twice", field)
         self._used.add(value)
         return self._body[value]
 

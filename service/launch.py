@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,14 +53,19 @@ class LocalServer:
 
 
 def start_local_server(log_dir: Path, *args: str, env: dict[str, str] | None = None,
-                       timeout: float = 120.0, port: int | None = None) -> LocalServer:
-    """Run `r2m serve --port P *args` and return once `/readyz` answers 200."""
+                       timeout: float = 120.0, port: int | None = None,
+                       r2m: Sequence[str] = (sys.executable, "-m", "r2m_service.cli"),
+                       cwd: Path | None = None) -> LocalServer:
+    """Run `r2m serve --port P *args` and return once `/readyz` answers 200. `r2m` is the
+    command (default: this interpreter's install); `env` adds to, and `None` values remove
+    from, this process's environment."""
     port = port or free_port()
     log_path = Path(log_dir) / f"r2m-serve-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "r2m_service.cli", "serve", "--port", str(port), *args]
+    cmd = [*r2m, "serve", "--port", str(port), *args]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                   cwd=cwd)
     server = LocalServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -54,7 +54,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-class TextFormatter(logging.Formatter):
+class HumanLogFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
 
@@ -74,7 +74,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     text = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
-    handler.setFormatter(TextFormatter() if text else JsonFormatter())
+    handler.setFormatter(HumanLogFormatter() if text else JsonFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

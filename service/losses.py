@@ -1,5 +1,5 @@
-"""Training objectives of R2M.md §4.2: Bradley–Terry (Eq. 5), group reward entropy (Eq. 6) and
-GREBT (Eq. 7)."""
+"""Training objectives (docs/method.md, "Losses"): Bradley–Terry (Eq. 5), group reward entropy
+(Eq. 6) and GREBT (Eq. 7)."""
 
 from __future__ import annotations
 

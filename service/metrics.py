@@ -26,7 +26,7 @@ class Metrics:
             "r2m_request_failures_total", "Requests answered with an error, by route and reason "
             "(the HTTP status).", ["route", "reason"], registry=r)
         self.queue_size = Gauge(
-            "r2m_queue_size", "Jobs waiting for the model thread.", registry=r)
+            "r2m_queue_size", "Score items waiting in the batch queue.", registry=r)
         self.batch_size = Histogram(
             "r2m_batch_size", "Items per model batch.", buckets=SIZE_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
@@ -48,12 +48,36 @@ class Metrics:
             "r2m_rte_cache_hits_total", "RTE cache hits.", registry=r)
         self.rte_cache_misses = Counter(
             "r2m_rte_cache_misses_total", "RTE cache misses (backbone runs).", registry=r)
+        self.rte_write_failures = Counter(
+            "r2m_rte_cache_write_failures_total", "RTEs not written to the shared (Redis) cache: "
+            "Redis failed, or the write buffer was full.", registry=r)
         self.update_loss = Gauge(
             "r2m_update_loss", "Loss terms of the latest update, at the pre-step weights.",
             ["run", "term"], registry=r)
         self.run_version = Gauge(
             "r2m_run_version", "Current version of each run.", ["run"], registry=r)
         self.runs = Gauge("r2m_runs", "Runs held by this process.", registry=r)
+        # Reward diagnostics per run, from the rewards served at its latest scored RL step
+        # (service/reward_diagnostics.py; beyond the paper).
+        self.run_reward_mean = Gauge(
+            "r2m_run_reward_mean", "Mean reward served at the run's latest scored step.",
+            ["run"], registry=r)
+        self.run_reward_std = Gauge(
+            "r2m_run_reward_std", "Std of the rewards served at the run's latest scored step.",
+            ["run"], registry=r)
+        self.run_feedback_share = Gauge(
+            "r2m_run_feedback_share", "Feedback branch's share of the reward variance, "
+            "Var(fb) / (Var(fb) + Var(RTE)), at the run's latest scored step.", ["run"],
+            registry=r)
+        self.run_reward_scale_drift = Gauge(
+            "r2m_run_reward_scale_drift", "Reward std at the latest scored step ÷ at the first "
+            "one.", ["run"], registry=r)
+        self.run_branch_std = Gauge(
+            "r2m_run_branch_std", "Std of each branch's reward contribution (feedback: "
+            "(1 − ω)·w·Ĥ; rte: ω·w·H_last + b).", ["run", "branch"], registry=r)
+        self.run_weight_norm = Gauge(
+            "r2m_run_weight_norm", "Norm of W_o (o_proj) and of ϕ's weight (head).",
+            ["run", "tensor"], registry=r)
         self.body_bytes = Histogram(
             "r2m_request_body_bytes", "Request body size.", ["route"],
             buckets=tuple(float(4**i) for i in range(4, 16)), registry=r)
@@ -62,6 +86,11 @@ class Metrics:
         """Drop a deleted run's labelled series so /metrics does not grow without bound."""
         series = [(self.run_version, (run_id,))]
         series += [(self.update_loss, (run_id, term)) for term in LOSS_TERMS]
+        series += [(gauge, (run_id,)) for gauge in (
+            self.run_reward_mean, self.run_reward_std, self.run_feedback_share,
+            self.run_reward_scale_drift)]
+        series += [(self.run_branch_std, (run_id, b)) for b in ("feedback", "rte")]
+        series += [(self.run_weight_norm, (run_id, t)) for t in ("o_proj", "head")]
         for metric, labels in series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)

@@ -1,4 +1,4 @@
-"""The R2M module (R2M.md Eq. 3–4): sequence-to-token cross-attention + ω(t) + scoring head ϕ.
+"""The R2M module (docs/method.md, Eq. 3–4): sequence-to-token cross-attention, ω(t), head ϕ.
 
     q = H_last W_q,  k = h W_k,  v = h W_v,  Ĥ = softmax(q kᵀ/√d) v W_o
     H_fin = (1 − ω(t)) Ĥ + ω(t) H_last,  r = ϕ(H_fin)
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-# Checkpoint tensor names (DESIGN.md); the module's state_dict uses exactly these.
+# Checkpoint tensor names (docs/design.md); the module's state_dict uses exactly these.
 TRAINABLE_TENSORS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
                      "score.weight", "score.bias")
 
@@ -35,7 +35,12 @@ class R2MModule(nn.Module):
     """Trainable part of one run: W_q, W_k, W_v, W_o and ϕ (float32 master weights)."""
 
     def __init__(self, reward_hidden_size: int, policy_hidden_size: int, attention_dim: int,
-                 initial_head: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 init: str = "default") -> None:
+        """`init="zero_o"` **[choice, beyond the paper]** sets W_o = 0 after the default init
+        (so the other tensors are those of the same seed's default): Ĥ = 0 and the reward is
+        ϕ(ω·H_last) until W_o is trained, the static RM's ranking at any ω. W_o gets gradients
+        at once; W_q, W_k, W_v only once W_o ≠ 0 (as LoRA's zero-initialised B)."""
         super().__init__()
         self.attention_dim = attention_dim
         self.q_proj = nn.Linear(reward_hidden_size, attention_dim, bias=False)
@@ -48,6 +53,10 @@ class R2MModule(nn.Module):
             with torch.no_grad():
                 self.score.weight.copy_(weight)
                 self.score.bias.copy_(bias)
+        if init == "zero_o":
+            nn.init.zeros_(self.o_proj.weight)
+        elif init != "default":
+            raise ValueError(f"unknown init {init!r}")
 
     def attend(self, rte: torch.Tensor, hidden: Sequence[torch.Tensor]) -> torch.Tensor:
         """Ĥ `[B, D_rm]` from RTEs `[B, D_rm]` and each item's hidden states `[S_i, D_p]`.

@@ -1,5 +1,5 @@
 """Reward token embeddings kept after `/score`, so `/update` on the same samples skips the
-backbone (R2M.md: "the update then costs only the small module")."""
+backbone (docs/method.md: "the update then costs only the small module")."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A run's full state as bytes — trainable tensors, AdamW moments, step, version, config — so a
 run can live in Redis or a checkpoint dir and come back bit-exactly on any replica.
 
-The file is plain safetensors (float32): the six checkpoint tensors under their DESIGN.md names
-plus `optimizer/<param>/<moment>`; everything else rides in `__metadata__`.
+The file is plain safetensors (float32): the six checkpoint tensors under their documented names
+(docs/design.md) plus `optimizer/<param>/<moment>`; everything else rides in `__metadata__`.
 """
 
 from __future__ import annotations

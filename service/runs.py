@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from r2m_proto.errors import ErrorCode, WireError
 from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo
+from r2m_service.guards import build_optimizer
 from r2m_service.r2m_module import TRAINABLE_TENSORS, R2MModule
+from r2m_service.reward_diagnostics import RunDiagnostics
 from r2m_service.run_gate import RunGate
 from r2m_service.tensor_files import dump_tensors
 
@@ -18,14 +19,11 @@ MAX_ATTENTION_DIM = 2048  # the paper's d
 CHECKPOINT_FORMAT = "r2m-checkpoint-v1"
 
 
-class RunNotFound(WireError):
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run with id {run_id!r}", "run_id", ErrorCode.RUN_NOT_FOUND)
-
-
 @dataclass
 class Run:
-    """Mutable state of one run. Mutated only on the model thread, inside `gate.write()`."""
+    """Mutable state of one run. Its module, optimizer, step and version change only on the
+    model thread inside `gate.write()`: by a training step (`advance`) or by loading another
+    version (`run_state.apply_state`), both driven by the run directory's update cycle."""
 
     run_id: str
     config: RunConfig
@@ -38,10 +36,16 @@ class Run:
     # the state bytes of the last committed version (persistent stores): a failed commit rolls
     # the in-memory run back to them
     committed_state: bytes | None = field(default=None, repr=False)
+    diagnostics: RunDiagnostics = field(default_factory=RunDiagnostics, repr=False)
+
+    def advance(self, step: int) -> None:
+        """After an optimizer step taken at RL step `step`: the run is at a new version."""
+        self.step = step + 1
+        self.version += 1
 
     def info(self) -> RunInfo:
         return RunInfo(run_id=self.run_id, config=self.config, step=self.step,
-                       version=self.version)
+                       version=self.version, diagnostics=self.diagnostics.snapshot())
 
     def checkpoint(self) -> bytes:
         """The trainable tensors as safetensors (float32), step/version/config in the metadata.
@@ -71,24 +75,18 @@ def matches(request: CreateRunRequest, config: RunConfig) -> bool:
     return all(getattr(config, name) == value for name, value in asked.items())
 
 
-class RunExists(WireError):
-    def __init__(self, run_id: str, detail: str = "already exists with other settings") -> None:
-        super().__init__(f"run {run_id!r} {detail}", "run_id", ErrorCode.VERSION_CONFLICT)
-
-
 def build_run(run_id: str, config: RunConfig, reward_hidden_size: int, backbone_identity: str,
               initial_head: tuple[torch.Tensor, torch.Tensor] | None,
               device: torch.device) -> Run:
     """A fresh run. Initialisation is seeded and done on the CPU, so a seed means the same
     module on any device. **[choice]** W_q, W_k, W_v, W_o use PyTorch's default Linear init;
-    a fresh ϕ (encoder backbones) too. AdamW over the trainable tensors only."""
+    a fresh ϕ (encoder backbones) too; `init` and the optimizer's groups: service/guards.py."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         module = R2MModule(reward_hidden_size, config.policy_hidden_size, config.attention_dim,
-                           initial_head)
+                           initial_head, init=config.init)
     module = module.to(device)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    optimizer = build_optimizer(module, config)
     return Run(run_id=run_id, config=config, module=module, optimizer=optimizer,
                backbone_identity=backbone_identity)
 

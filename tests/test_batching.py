@@ -13,9 +13,7 @@ import pytest
 
 from r2m_client import AsyncR2MClient, R2MClient
 from tests.conftest import Server, _session_server
-from tests.helpers import hidden
-
-D_P = 16
+from tests.helpers import D_P, hidden
 
 
 def texts(tag: str, n: int) -> tuple[list[str], list[str]]:
@@ -38,11 +36,14 @@ async def score_concurrently(url: str, run_id: str, requests: int, per_request: 
 
 def test_batched_rewards_equal_one_request_at_a_time(
         llama_server: Server, unbatched_server: Server) -> None:
-    rewards = {}
+    rewards, batches = {}, {}
     for name, server in (("batched", llama_server), ("unbatched", unbatched_server)):
         with R2MClient(server.url) as rm:
             run_id = rm.create_run(policy_hidden_size=D_P, total_steps=10, seed=5).run_id
+        before = batch_counts(server.url)
         rewards[name] = asyncio.run(score_concurrently(server.url, run_id, 24, 5))
+        after = batch_counts(server.url)
+        batches[name] = (after[0] - before[0], after[1] - before[1])
         with R2MClient(server.url) as rm:  # and each request alone, sequentially
             for r, got in enumerate(rewards[name]):
                 prompts, responses = texts(f"req{r}", 5)
@@ -51,6 +52,19 @@ def test_batched_rewards_equal_one_request_at_a_time(
                 assert got == pytest.approx(alone, abs=1e-5)
     for a, b in zip(rewards["batched"], rewards["unbatched"], strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+    # the same 120 items: merged into fewer batches than the 24 requests, and, batcher off,
+    # exactly one batch per request (so the equality above compared merged with unmerged)
+    assert batches["unbatched"] == (24, 120)
+    assert batches["batched"][1] == 120 and batches["batched"][0] < 24, batches
+
+
+def batch_counts(url: str) -> tuple[int, int]:
+    """(model batches, items in them) so far, from the server's own histogram."""
+    text = httpx.get(f"{url}/metrics").text
+    count = re.search(r"^r2m_batch_size_count (\S+)$", text, re.M)
+    total = re.search(r"^r2m_batch_size_sum (\S+)$", text, re.M)
+    assert count and total
+    return int(float(count.group(1))), int(float(total.group(1)))
 
 
 def test_a_small_request_is_not_starved_by_a_big_one(default_server: Server) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from r2m_client import Group, Pair, ScoreResponse
+from r2m_client import Group, Pair, R2MInputError, ScoreResponse
 from r2m_client._core import merge_scores
 from r2m_client._encode import (
     SLICE_BYTES,
@@ -108,10 +109,15 @@ def test_score_without_any_tensor_is_plain_json() -> None:
 
 
 @pytest.mark.parametrize(("prompts", "responses", "hidden", "error", "match"), [
-    ([], [], None, ValueError, "at least one item"),
-    (["a", "b"], ["x"], None, ValueError, "2 prompts but 1 responses"),
-    (["a"], ["x"], [None, None], ValueError, "1 prompts but 2 hidden-state"),
+    ([], [], None, R2MInputError, "at least one item"),
+    (["a", "b"], ["x"], None, R2MInputError, "2 prompts but 1 responses"),
+    (["a"], ["x"], [None, None], R2MInputError, "1 prompts but 2 hidden-state"),
     ("ab", ["x", "y"], None, TypeError, "prompts must be a sequence of strings"),
+    (["a", None], ["x", "y"], None, TypeError, r"prompts\[1\]: expected a str, got NoneType"),
+    (["a", "b"], ["x", "y"], [_hidden(2, 0), np.zeros((2, 8), np.float32)], R2MInputError,
+     r"hidden_states\[1\]: hidden size 8 differs from hidden_states\[0\]'s 64"),
+    (["a"], ["x"], [np.zeros((2, 3, 4), np.float32)], R2MInputError,
+     r"hidden_states\[0\]: hidden states must be 2-D"),
 ])
 def test_score_batch_mistakes_are_caught_before_sending(
         prompts: list[str], responses: list[str], hidden: list[None] | None,
@@ -155,13 +161,62 @@ def test_update_pairs_in_binary_use_pair_field_names() -> None:
     assert sorted(tensors) == ["pairs.0.chosen_hidden", "pairs.0.rejected_hidden"]
 
 
-def test_update_is_checked_against_the_proto_schema() -> None:
-    with pytest.raises(ValidationError, match="exactly one of"):
-        update_body("r", groups=None, pairs=None, step=None, binary=True)
-    with pytest.raises(ValidationError, match="one per response"):
-        update_body("r", groups=[Group("p", ["a", "b", "c"], [_hidden(1, 0), _hidden(1, 1)])],
-                    pairs=None,
-                    step=None, binary=True)
+def _group(k: int, tensors: int | None = None, scores: list[float] | None = None) -> Group:
+    return Group("p", [f"r{i}" for i in range(k)],
+                 [_hidden(1, i) for i in range(k if tensors is None else tensors)], scores)
+
+
+_PAIR = Pair("p", "good", "bad", _hidden(1, 0), _hidden(1, 1))
+
+
+@pytest.mark.parametrize(("groups", "pairs", "field", "match"), [
+    (None, None, None, "exactly one of groups="),
+    ([_group(2)], [_PAIR], None, "exactly one of"),
+    ([], None, "groups", "is empty; give at least one group"),
+    (None, [], "pairs", "is empty; give at least one pair"),
+    ([_group(2), _group(1)], None, "groups[1]", "a group needs K ≥ 2 responses, got 1"),
+    ([_group(3, tensors=2)], None, "groups[0]", "3 responses but 2 hidden-state tensors"),
+    ([_group(2, scores=[1.0])], None, "groups[0]", "2 responses but 1 scores"),
+    ([_group(2, scores=[1.0, float("nan")])], None, "groups[0].scores[1]", "finite number"),
+    ([_group(2), Group("p", ["a", "b"], [_hidden(1, 0), np.zeros((1, 8), np.float32)])],
+     None, "groups[1].hidden_states[1]", "hidden size 8 differs from groups[0].hidden_states[0]"),
+    (None, [Pair("p", "a", "b", _hidden(1, 0), np.zeros((1, 2, 3), np.float32))],
+     "pairs[0].rejected_hidden", "must be 2-D"),
+])
+@pytest.mark.parametrize("binary", [True, False], ids=["safetensors", "json"])
+def test_update_mistakes_name_the_argument_and_the_rule(
+        groups: list[Group] | None, pairs: list[Pair] | None, field: str | None, match: str,
+        binary: bool) -> None:
+    """The client's own error, in the caller's terms: never pydantic's, never a wire key."""
+    with pytest.raises(R2MInputError, match=re.escape(match)) as info:
+        update_body("r", groups=groups, pairs=pairs, step=None, binary=binary)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    assert not isinstance(info.value, ValidationError) and info.value.__cause__ is None
+    assert "groups.0" not in str(info.value) and "pairs.0" not in str(info.value)
+
+
+@pytest.mark.parametrize(("groups", "pairs", "match"), [
+    ("not groups", None, "groups must be a sequence of r2m_client.Group"),
+    ([{"prompt": "p"}], None, r"groups\[0\]: expected an r2m_client.Group, got dict"),
+    ([Group("p", "ab", [_hidden(1, 0), _hidden(1, 1)])], None,
+     r"groups\[0\].responses must be a sequence of strings"),
+    (None, [Pair("p", "a", 3, _hidden(1, 0), _hidden(1, 1))],  # type: ignore[arg-type]
+     r"pairs\[0\].rejected: expected a str, got int"),
+])
+def test_update_type_mistakes_are_type_errors(groups: object, pairs: object, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        update_body("r", groups=groups, pairs=pairs, step=None, binary=True)  # type: ignore[arg-type]
+
+
+def test_schema_rules_without_a_check_of_their_own_still_raise_the_clients_error() -> None:
+    with pytest.raises(R2MInputError, match="greater than or equal to 0") as info:
+        update_body("r", groups=[_group(2)], pairs=None, step=-1, binary=True)
+    assert info.value.field == "step"
+    with pytest.raises(R2MInputError, match="greater than or equal to 0") as info:
+        score_chunks("r", ["a"], ["x"], None, step=None, min_version=-2, binary=True,
+                     max_bytes=1 << 20)
+    assert info.value.field == "min_version"
 
 
 def test_body_slices_are_bounded_and_repeatable() -> None:

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     from r2m_proto import SAFETENSORS_REQUEST_KEY, ScoreRequest, decode_safetensors
 
     hidden = [np.arange(12, dtype=np.float32).reshape(3, 4),
-              np.linspace(-1, 1, 10, dtype=np.float16).reshape(5, 2)]
+              np.linspace(-1, 1, 20, dtype=np.float16).reshape(5, 4)]
     (chunk,) = score_chunks("run-1", ["p0", "p1"], ["r0", "r1"], hidden, step=3,
                             min_version=None, binary=True, max_bytes=1 << 20)
     metadata, tensors = decode_safetensors(bytearray(b"".join(chunk.body.buffers)))

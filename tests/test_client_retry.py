@@ -53,15 +53,28 @@ def test_overload_and_server_errors_are_retried(status: int, cls: type[R2MError]
 
 
 def test_transport_errors_are_retried_unless_the_request_can_never_be_sent() -> None:
+    request = httpx.Request("POST", "http://rm:8000/v1/score")
     for exc, retryable in [(httpx.ConnectError("refused"), True),
                            (httpx.ReadTimeout("slow"), True),
                            (httpx.RemoteProtocolError("dropped"), True),
                            (httpx.UnsupportedProtocol("ftp://"), False)]:
-        with pytest.raises(R2MTransportError) as info, transport_errors():
+        with pytest.raises(R2MTransportError) as info, transport_errors(request):
             raise exc
         assert info.value.retryable is retryable
         assert info.value.__cause__ is exc
         assert (POLICY.delay(0, info.value, 0.0) is not None) is retryable
+        assert str(info.value).startswith("POST http://rm:8000/v1/score failed: ")
+        assert (info.value.method, info.value.url) == ("POST", "http://rm:8000/v1/score")
+
+
+def test_messages_name_the_request_but_not_credentials_in_its_url() -> None:
+    request = httpx.Request("GET", "http://user:secret@rm:8000/v1/runs/r")
+    error = error_from_response(httpx.Response(
+        404, request=request, json={"error": {"code": "run_not_found", "message": "no run"}}))
+    assert str(error) == "HTTP 404 run_not_found on GET http://rm:8000/v1/runs/r: no run"
+    with pytest.raises(R2MTransportError) as info, transport_errors(request):
+        raise httpx.ConnectError("refused")
+    assert "secret" not in str(info.value) and "http://rm:8000/v1/runs/r" in str(info.value)
 
 
 def test_backoff_grows_exponentially_within_the_jitter_band_and_caps() -> None:

@@ -29,6 +29,7 @@ from r2m_client import (
 )
 from r2m_client._encode import update_body
 from r2m_proto import SAFETENSORS_MEDIA_TYPE, SAFETENSORS_REQUEST_KEY, decode_safetensors
+from r2m_proto.schemas import RunConfig
 
 FAST = RetryPolicy(retries=3, backoff=0.0)
 UPDATE_OK = {"version": 2, "step": 1, "loss": 0.5, "bt_loss": 0.4, "gre_loss": 0.1,
@@ -216,7 +217,7 @@ def test_split_score_batches_merge_in_order_sync_and_async(serve) -> None:
     n = 12
     prompts = [str(i) for i in range(n)]
     hidden = [np.zeros((64, 64), dtype=np.float32) for _ in range(n)]  # 16 KiB each
-    options = {"max_request_bytes": 40 * 1024, "retries": FAST}
+    options = {"max_request_bytes": 40 * 1024, "max_request_items": 100, "retries": FAST}
     with R2MClient(server.url, **options) as client:
         rewards = client.score("r", prompts, ["x"] * n, hidden).rewards
     assert rewards == [float(i) for i in range(n)]
@@ -249,3 +250,44 @@ def test_routes_and_status_codes(serve, tmp_path) -> None:
     assert [(g.method, g.path) for g in server.received] == [
         ("GET", "/healthz"), ("GET", "/readyz"), ("DELETE", "/v1/runs/a%2Fb"),
         ("GET", "/v1/runs/a%2Fb/checkpoint")]
+
+
+def _limits_then_scores(info: dict[str, object]) -> Callable[[Received, int], Answer]:
+    """`/v1/info` answers `info` (a server of another version: other fields, maybe no limits);
+    score requests answer one reward per item."""
+    def respond(got: Received, index: int) -> Answer:
+        if got.path == "/v1/info":
+            return _json(200, info)
+        return _score_by_item_count(got, index)
+    return respond
+
+
+@pytest.mark.parametrize(("info", "requests_per_batch"), [
+    ({"backbone": "x", "some_future_field": [1, 2]}, 1),
+    ({"max_items": None, "max_body_bytes": "big"}, 1),
+    ({"max_items": 2, "version": {"nested": True}}, 3),
+])
+def test_limits_the_server_does_not_report_are_no_limits(
+        serve, info: dict[str, object], requests_per_batch: int) -> None:
+    server = serve(_limits_then_scores(info))
+    hidden = [np.zeros((2, 4), dtype=np.float32)] * 5
+    with R2MClient(server.url, retries=FAST) as client:
+        for _ in range(2):
+            rewards = client.score("r", [str(i) for i in range(5)], ["x"] * 5, hidden).rewards
+            assert rewards == [float(i) for i in range(5)]
+    paths = [got.path for got in server.received]
+    assert paths == ["/v1/info"] + ["/v1/score"] * (2 * requests_per_batch)
+
+
+def test_create_run_sends_only_the_settings_the_caller_gave(serve) -> None:
+    """Defaults are the server's schema's to fill, so the client never sends its own copy."""
+    config = RunConfig(policy_hidden_size=8, total_steps=10, attention_dim=4, seed=0)
+    server = serve(lambda got, i: _json(201, {"run_id": "a", "config": config.model_dump(),
+                                              "step": 0, "version": 0}))
+    with R2MClient(server.url, retries=FAST) as client:
+        client.create_run(8, 10, run_id="a")
+        client.create_run(8, 10, run_id="b", alpha=0.1, seed=None, attention_dim=4)
+    bodies = [json.loads(got.body) for got in server.received]
+    assert bodies == [{"run_id": "a", "policy_hidden_size": 8, "total_steps": 10},
+                      {"run_id": "b", "policy_hidden_size": 8, "total_steps": 10, "alpha": 0.1,
+                       "attention_dim": 4}]

@@ -8,9 +8,12 @@ config`) before every file it mounts is checked to exist.
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,39 +30,93 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-PROFILES = ("gpu", "scale")
+PROFILES = ("cpu", "gpu", "scale")
 R2M_SERVICES = ("r2m", "r2m-gpu", "r2m-replica")
+SUPPORT_SERVICES = {"redis", "prometheus", "grafana"}
+# The stack refuses to start without it (there is no default Grafana password).
+REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
 
 
-# ---- docker-compose.yml ------------------------------------------------------------------------
+def compose_cli(*args: str, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    """The Compose v2 binary on docker-compose.yml, with the required variables set (or `env`)."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in REQUIRED_ENV and not k.startswith("COMPOSE_")}
+    full_env.update(REQUIRED_ENV if env is None else env)
+    return subprocess.run([tool("docker-compose"), "-f", str(COMPOSE_FILE), *args], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _profile_args(profiles: tuple[str, ...]) -> list[str]:
+    return [a for p in profiles for a in ("--profile", p)]
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """The stack as Compose itself resolves it (anchors merged, paths absolute), all profiles."""
-    args = [a for p in PROFILES for a in ("--profile", p)]
-    result = run(tool("docker-compose"), "-f", str(COMPOSE_FILE), *args, "config",
-                 "--format", "json")
+    result = compose_cli(*_profile_args(PROFILES), "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def test_compose_file_validates_against_the_compose_spec() -> None:
-    result = run(tool("docker-compose"), "-f", str(COMPOSE_FILE), "config", "--quiet")
+    result = compose_cli("config", "--quiet")
     assert result.returncode == 0, result.stderr
 
 
-def test_profiles_select_the_documented_services() -> None:
-    def services(*profiles: str) -> set[str]:
-        args = [a for p in profiles for a in ("--profile", p)]
-        result = run(tool("docker-compose"), "-f", str(COMPOSE_FILE), *args, "config",
-                     "--services")
-        assert result.returncode == 0, result.stderr
-        return set(result.stdout.split())
+def started(*profiles: str, targets: tuple[str, ...] = ()) -> set[str]:
+    """What `docker compose --profile P… up -d [targets…]` starts: with no targets every enabled
+    service; with targets those (their profiles enabled automatically) and what they depend on."""
+    enabled = set(profiles)
+    if targets:  # Compose enables the profiles of services named on the command line
+        everything = compose_cli("--profile", "*", "config", "--format", "json")
+        assert everything.returncode == 0, everything.stderr
+        services = json.loads(everything.stdout)["services"]
+        enabled |= {p for t in targets for p in services[t].get("profiles", [])}
+    result = compose_cli(*_profile_args(tuple(sorted(enabled))), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    if not targets:
+        return set(services)
+    wanted, todo = set(), list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(services[name].get("depends_on", {}))
+    return wanted
 
-    base = {"r2m", "redis", "prometheus", "grafana"}
-    assert services() == base
-    assert services("gpu") == base | {"r2m-gpu"}
-    assert services("scale") == base | {"r2m-replica", "lb"}
+
+def test_each_documented_command_starts_exactly_one_kind_of_r2m() -> None:
+    """`--scale r2m-replica=4` once started the single `r2m` too: every r2m service now sits in
+    its own profile, and no profile (or none at all) starts two kinds."""
+    assert started() == SUPPORT_SERVICES  # a bare `up` starts no r2m at all
+    assert started("cpu") == SUPPORT_SERVICES | {"r2m"}
+    assert started("gpu") == SUPPORT_SERVICES | {"r2m-gpu"}
+    assert started("scale") == SUPPORT_SERVICES | {"r2m-replica", "lb"}
+    assert started("scale", targets=("lb", "prometheus", "grafana")) == (
+        SUPPORT_SERVICES | {"r2m-replica", "lb"})
+    assert started(targets=("r2m",)) == {"r2m", "redis"}
+
+
+def test_every_r2m_service_needs_a_profile(compose: dict[str, Any]) -> None:
+    for name in R2M_SERVICES:
+        assert len(compose["services"][name].get("profiles", [])) == 1, name
+
+
+def test_grafana_has_no_default_admin_password() -> None:
+    """No `admin`/`admin`: without GRAFANA_ADMIN_PASSWORD Compose refuses the whole stack."""
+    unset = compose_cli("config", "--quiet", env={})
+    assert unset.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in unset.stderr
+    empty = compose_cli("config", "--quiet", env={"GRAFANA_ADMIN_PASSWORD": ""})
+    assert empty.returncode != 0
+    chosen = compose_cli("config", "--format", "json",
+                         env={"GRAFANA_ADMIN_PASSWORD": "chosen-by-the-operator"})
+    assert chosen.returncode == 0, chosen.stderr
+    grafana = json.loads(chosen.stdout)["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "chosen-by-the-operator"
+    assert "GRAFANA_ADMIN_PASSWORD:-" not in COMPOSE_FILE.read_text()
 
 
 def test_every_mounted_file_exists_in_the_repo(compose: dict[str, Any]) -> None:
@@ -256,9 +313,10 @@ def test_torch_index_follows_the_build_argument(dockerfile: DockerfileParser) ->
 
 
 def test_build_context_holds_every_source_pip_needs(dockerfile: DockerfileParser) -> None:
-    """Each package dir in pyproject.toml (and its readme) is COPY'd and not .dockerignore'd."""
+    """Each package dir setup.py maps (and the packaging files, the readme) is COPY'd and not
+    .dockerignore'd."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    needed = set(package_dirs().values()) | {"pyproject.toml", "setup.py"}
     needed.add(pyproject["project"]["readme"])
     build = _stages(dockerfile)[0]
     copied = {src for i in build if i["instruction"] == "COPY" and "--from" not in i["value"]
@@ -295,3 +353,11 @@ def _seconds(duration: str) -> float:
 
 def _flag(command: list[str], name: str) -> str:
     return next(part.split("=", 1)[1] for part in command if part.startswith(name + "="))
+
+
+def package_dirs() -> dict[str, str]:
+    """setup.py's import name → directory map, read without running setup()."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    assignment = next(node for node in tree.body if isinstance(node, ast.Assign)
+                      and any(getattr(t, "id", None) == "IMPORT_NAMES" for t in node.targets))
+    return ast.literal_eval(assignment.value)

@@ -13,9 +13,7 @@ import pytest
 from r2m_service.launch import free_port
 from tests.conftest import Server
 from tests.deploy_tools import DEPLOY, daemon, tool, wait_until
-from tests.helpers import hidden, wire
-
-D_P = 16
+from tests.helpers import D_P, hidden, wire
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from r2m_service.launch import free_port
 from tests.conftest import Server
-from tests.deploy_tools import DEPLOY, daemon, tool, wait_until
+from tests.deploy_tools import DEPLOY, daemon, run, tool, wait_until
 from tests.helpers import PROMPTS, RESPONSES, hidden, wire
 
 D_P = 16
@@ -137,3 +137,52 @@ def test_alert_rules_evaluate_cleanly_against_live_data(prometheus: str) -> None
     assert not broken
     firing = {r["name"] for r in rules if r["state"] == "firing"}
     assert "R2MDown" not in firing and "R2MAbsent" not in firing
+
+
+def _rules() -> dict[str, dict[str, Any]]:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+
+
+def _alert(name: str, run: str, summary: str) -> dict[str, Any]:
+    return {"exp_labels": {"severity": _rules()[name]["labels"]["severity"],
+                           "instance": "r2m:8000", "run": run},
+            "exp_annotations": {"summary": summary,
+                                "description": _rules()[name]["annotations"]["description"]}}
+
+
+def test_reward_health_alerts_fire_on_the_runs_that_need_them(tmp_path) -> None:
+    """`promtool test rules` on synthetic per-run series: the feedback-dominance and scale-drift
+    alerts fire after their `for:` on the runs past the threshold, and never on the healthy ones
+    (a spread that shrinks as the policy converges is healthy)."""
+    def series(metric: str, run: str, values: str) -> dict[str, str]:
+        return {"series": f'{metric}{{instance="r2m:8000", job="r2m", run="{run}"}}',
+                "values": values}
+
+    share, drift = "r2m_run_feedback_share", "r2m_run_reward_scale_drift"
+    test = {
+        "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                series(share, "collapsing", "0.1 0.8x20"), series(share, "healthy", "0.3x20"),
+                series(drift, "growing", "1 1.5 5x20"), series(drift, "shrinking", "1 0.2x20"),
+                series(drift, "steady", "1 2.5x20"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "R2MFeedbackBranchDominates", "exp_alerts": []},
+                {"eval_time": "15m", "alertname": "R2MFeedbackBranchDominates", "exp_alerts": [
+                    _alert("R2MFeedbackBranchDominates", "collapsing",
+                           "run collapsing: the policy-feedback branch carries 80% of the "
+                           "reward variance")]},
+                {"eval_time": "15m", "alertname": "R2MRewardScaleDrift", "exp_alerts": [
+                    _alert("R2MRewardScaleDrift", "growing",
+                           "run growing: reward std is 5.00× its first scored step's")]},
+            ],
+        }],
+    }
+    path = tmp_path / "reward_health_test.yml"
+    path.write_text(yaml.safe_dump(test, allow_unicode=True))
+    result = run(tool("promtool"), "test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

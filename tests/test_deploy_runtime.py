@@ -61,7 +61,7 @@ def test_error_answers_carry_the_request_id(llama_server: Server) -> None:
 def test_info_shows_model_dims_limits_and_version(llama_server: Server) -> None:
     info = httpx.get(f"{llama_server.url}/v1/info").json()
     for field in ("backbone", "reward_hidden_size", "max_length", "max_body_bytes", "max_items",
-                  "version"):
+                  "software_version", "settings"):
         assert info[field], field
 
 

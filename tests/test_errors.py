@@ -13,9 +13,7 @@ import torch
 
 from r2m_proto import SAFETENSORS_MEDIA_TYPE, encode_safetensors
 from tests.conftest import Server
-from tests.helpers import hidden, wire
-
-D_P = 16
+from tests.helpers import D_P, hidden, wire
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import pytest
 from examples.r2m_experiments.gold import gold_reward, sentiment, sign_offs, substance
 from examples.r2m_experiments.metrics import (
     discrepancy,
+    interval95,
     mean_std,
+    nanmean,
     ranks,
     spearman,
     zscores,
@@ -105,3 +107,14 @@ def test_mean_std() -> None:
     assert mean_std([2.0]) == (2.0, 0.0)
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and std == pytest.approx(1.0)  # sample std, as in the tables
+
+
+def test_interval95_hand_values() -> None:
+    # mean 2, sample std 1, n = 3: half-width t(0.975, 2)·1/√3 = 4.303/√3
+    mean, half = interval95([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    mean, half = interval95([5.0, float("nan"), 7.0])  # NaN (no value that step) is dropped
+    assert mean == 6.0 and half == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))
+    assert math.isnan(interval95([4.0])[1]) and interval95([4.0])[0] == 4.0
+    assert math.isnan(interval95([])[0])
+    assert nanmean([1.0, float("nan"), 3.0]) == 2.0 and math.isnan(nanmean([float("nan")]))

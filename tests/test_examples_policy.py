@@ -4,6 +4,7 @@ matched noise, and that the loop only uses the service through the public client
 from __future__ import annotations
 
 import ast
+import random
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,16 @@ import torch
 
 from examples.r2m_experiments.arms import (
     ARMS,
+    SWEEP_LRS,
+    lr_name,
     matched_noise,
     select_arms,
     update_feedback,
 )
+from examples.r2m_experiments.config import PRESETS
+from examples.r2m_experiments.gold import gold_reward, sign_offs
+from examples.r2m_experiments.gold_labels import gold_pairs
+from examples.r2m_experiments.heldout import evaluate, held_out_pairs
 from examples.r2m_experiments.policy import (
     PolicyShape,
     build_policy,
@@ -23,8 +30,9 @@ from examples.r2m_experiments.policy import (
     suppressed_ids,
     token_logprobs,
 )
-from examples.r2m_experiments.rloo import kl_to_reference, rloo_advantages
-from examples.r2m_experiments.task import PRODUCTS, prompt_for
+from examples.r2m_experiments.rloo import kl_to_reference, rloo_advantages, zscore
+from examples.r2m_experiments.runner import Job, jobs_for
+from examples.r2m_experiments.task import PRODUCTS, STOCK_PHRASE, prompt_for
 from r2m_client.hf import policy_hidden_states, unpad_hidden_states
 
 PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "r2m_experiments"
@@ -113,3 +121,56 @@ def test_experiments_use_only_the_public_client() -> None:
                         top[0] == "r2m_client" and any(p.startswith("_") for p in top[1:])):
                     offenders.append(f"{path.name}: {name}")
     assert offenders == []
+
+
+def test_rewards_are_standardised_before_the_kl_penalty() -> None:
+    rewards = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    z = zscore(rewards)
+    torch.testing.assert_close(z, (rewards - 4.0) / 5 ** 0.5)
+    torch.testing.assert_close(zscore(100 * rewards + 3), z), "any scale gives the same z"
+    assert torch.equal(zscore(torch.tensor([2.0, 2.0])), torch.zeros(2))
+
+
+def test_gold_pairs_are_gold_ordered_within_groups() -> None:
+    prompts = [prompt_for("lamp")] * 4 + [prompt_for("tent")] * 4
+    responses = ["the lamp is great .", "the lamp is awful .", "it is okay .", "",
+                 "the tent is great .", "the tent is great .", "the tent is great .",
+                 "the tent is great ."]  # the second group is all ties
+    pairs = gold_pairs(prompts, responses, k=4, count=3, rng=random.Random(0))
+    assert len(pairs) == 3 and len(set(pairs)) == 3
+    for chosen, rejected in pairs:
+        assert chosen // 4 == rejected // 4 == 0, "one group, never the all-tie one"
+        assert gold_reward(prompts[chosen], responses[chosen]) > \
+            gold_reward(prompts[rejected], responses[rejected])
+    assert gold_pairs(prompts[4:], responses[4:], k=4, count=2, rng=random.Random(0)) == []
+
+
+def test_held_out_pairs_are_fixed_and_gold_labelled() -> None:
+    held_out = held_out_pairs(3, natural=20, cue=10)
+    assert held_out == held_out_pairs(3, natural=20, cue=10), "fixed per seed"
+    assert held_out != held_out_pairs(4, natural=20, cue=10)
+    for p in held_out.natural:
+        assert gold_reward(p.prompt, p.chosen) > gold_reward(p.prompt, p.rejected)
+    for p in held_out.cue:
+        assert p.rejected == f"{p.chosen} {STOCK_PHRASE}" and sign_offs(p.chosen) == 0
+    prompts, responses = held_out.texts()
+    assert len(prompts) == len(responses) == 60 and responses[1] == held_out.natural[0].rejected
+    # a reward that is the gold one: every pair right, no discrepancy
+    perfect = evaluate(held_out, [gold_reward(p, r) for p, r in zip(prompts, responses,
+                                                                    strict=True)])
+    assert perfect == {"heldout_accuracy": 1.0, "heldout_cue_accuracy": 1.0,
+                       "heldout_discrepancy": 0.0}
+    # a reward that loves the sign-off gets every cue pair wrong
+    cue_lover = [float(sign_offs(r)) for r in responses]
+    assert evaluate(held_out, cue_lover)["heldout_cue_accuracy"] == 0.0
+
+
+def test_arms_and_jobs() -> None:
+    assert [lr_name(lr) for lr in SWEEP_LRS] == ["1e-6", "3e-6", "1e-5", "3e-5"]
+    assert all(f"r2m_gold{k}" in ARMS and f"head_grebt_gold{k}" in ARMS for k in (2, 8))
+    assert ARMS["head_gold8"].omega_floor == 1.0 and not ARMS["r2m_gold2"].grebt
+    config = PRESETS["full"].replace(arms=("vanilla", "r2m_noise"))
+    jobs = jobs_for(config)
+    assert [j.seed for j in jobs if j.arm == "vanilla"] == [0, 1, 2, 3, 4]
+    assert [j.seed for j in jobs if j.arm == "r2m_noise"] == [0, 1, 2], "secondary arm"
+    assert jobs[:2] == [Job("vanilla", 0), Job("r2m_noise", 0)], "seed-major"

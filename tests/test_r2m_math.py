@@ -1,4 +1,4 @@
-"""The R2M math (R2M.md Eq. 3–7) against direct formulas on hand-made tensors."""
+"""The R2M math (docs/method.md, Eq. 3–7) against direct formulas on hand-made tensors."""
 
 from __future__ import annotations
 

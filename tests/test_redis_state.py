@@ -21,10 +21,9 @@ from safetensors.torch import load as load_safetensors
 
 from r2m_client import Group, R2MClient, R2MError, R2MStatusError
 from tests.conftest import Server, start_server
-from tests.helpers import hidden
+from tests.helpers import D_P, hidden
 from tests.redis_server import RedisServer, start_redis
 
-D_P = 16
 PROMPT = "Which city is the capital of Italy?"
 
 

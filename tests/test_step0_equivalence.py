@@ -1,22 +1,35 @@
-"""At t = 0 (ω = 1) the service reproduces the reward model's own logits, batched and padded."""
+"""At t = 0 (ω = 1) the service reproduces the reward model's own logits, batched and padded;
+at t > 0 its reward is Eq. 3–4 evaluated on the model's own features and the run's tensors."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load as load_safetensors
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from r2m_client import R2MClient
+from r2m_client import Group, R2MClient
 from tests.conftest import Server
 from tests.helpers import PROMPTS, RESPONSES, hidden
 
 
 def own_logits(model_dir: Path, prompts: list[str], responses: list[str]) -> list[float]:
     """The RM's logit for each pair, one unpadded forward pass at a time."""
+    return [logit for logit, _ in own_forward(model_dir, prompts, responses)]
+
+
+def own_forward(model_dir: Path, prompts: list[str], responses: list[str]
+                ) -> list[tuple[float, torch.Tensor]]:
+    """(logit, H_last) per pair from the RM's own forward, one pair at a time. H_last is what
+    the model's scoring layer reads (the input of `score` / `classifier`)."""
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    head = getattr(model, "score", None) or model.classifier
+    features: list[torch.Tensor] = []
+    head.register_forward_hook(lambda _m, args, _out: features.append(args[0]))
     out = []
     for prompt, response in zip(prompts, responses, strict=True):
         if tokenizer.chat_template:
@@ -27,7 +40,9 @@ def own_logits(model_dir: Path, prompts: list[str], responses: list[str]) -> lis
         else:
             inputs = tokenizer(prompt, response, return_tensors="pt")
         with torch.no_grad():
-            out.append(model(**inputs).logits[0, 0].item())
+            logit = model(**inputs).logits[0, 0].item()
+        h_last = features[-1][0]
+        out.append((logit, h_last[-1] if h_last.dim() == 2 else h_last))  # causal: last token
     return out
 
 
@@ -48,3 +63,28 @@ def test_score_at_step_zero_equals_model_logits(
     assert batched == pytest.approx(expected, abs=1e-5)
     assert with_feedback == pytest.approx(expected, abs=1e-5)
     assert one_by_one == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["llama", "bert"])
+def test_score_after_training_is_the_formula_on_the_models_own_features(
+        backbone: str, request: pytest.FixtureRequest) -> None:
+    """t > 0, after updates moved every tensor: no short cut through ω = 1 is left."""
+    server: Server = request.getfixturevalue(f"{backbone}_server")
+    model_dir: Path = request.getfixturevalue(f"{backbone}_rm_dir")
+    states = hidden([3, 9, 1, 5], 16, seed=4)
+    with R2MClient(server.url) as rm:
+        run = rm.create_run(policy_hidden_size=16, total_steps=10, attention_dim=8,
+                            learning_rate=1e-2, seed=9)
+        for step in (1, 2):
+            rm.update(run.run_id, groups=[Group(PROMPTS[0], RESPONSES, states)], step=step)
+        served = rm.score(run.run_id, PROMPTS, RESPONSES, states, step=3)
+        w = load_safetensors(rm.checkpoint(run.run_id))
+    om = 0.5 * math.cos(math.pi * 3 / 10) + 0.5
+    assert served.omega == pytest.approx(om) and om > 0.6  # the floor is not what set it
+    expected = []
+    for (_, h_last), h in zip(own_forward(model_dir, PROMPTS, RESPONSES), states, strict=True):
+        q, k, v = w["q_proj.weight"] @ h_last, h @ w["k_proj.weight"].T, h @ w["v_proj.weight"].T
+        h_hat = torch.softmax(k @ q / math.sqrt(8), dim=0) @ v @ w["o_proj.weight"].T
+        h_fin = (1 - om) * h_hat + om * h_last
+        expected.append(float(h_fin @ w["score.weight"][0] + w["score.bias"][0]))
+    assert served.rewards == pytest.approx(expected, abs=1e-4)

@@ -16,9 +16,8 @@ from r2m_service.backbone import Backbone
 from r2m_service.r2m_module import TRAINABLE_TENSORS, omega
 from r2m_service.text_format import TextPair
 from tests.conftest import Server
-from tests.helpers import PROMPTS, RESPONSES, hidden, wire
+from tests.helpers import D_P, PROMPTS, RESPONSES, hidden, wire
 
-D_P = 16
 D_RM = 32  # the tiny Llama's hidden size
 
 
@@ -31,7 +30,7 @@ def backbone(llama_rm_dir: Path) -> Backbone:
 def rtes(backbone: Backbone, prompts: list[str], responses: list[str]) -> torch.Tensor:
     pairs = [TextPair(p, r, f"items[{i}]")
              for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
-    return backbone.embed(backbone.formatter.encode(pairs))
+    return backbone.embed(backbone.formatter.encode(pairs)).rtes
 
 
 def group(seed: int = 0) -> Group:

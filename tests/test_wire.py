@@ -11,9 +11,7 @@ import torch
 from r2m_client import R2MClient
 from r2m_proto import SAFETENSORS_MEDIA_TYPE, encode_safetensors
 from tests.conftest import Server
-from tests.helpers import PROMPTS, RESPONSES, hidden, wire
-
-D_P = 16
+from tests.helpers import D_P, PROMPTS, RESPONSES, hidden, wire
 
 
 @pytest.fixture

@@ -1,23 +1,33 @@
-"""The experiment's arms, mirroring the paper's baselines and ablations (R2M.md), and the one
-thing that differs between them on the policy side: what is sent as "policy feedback".
+"""The experiment's arms: the paper's baselines and ablations
+(docs/method.md#baselines-and-ablations-through-the-api), the online-lr sweep, a guard, and sparse
+gold labels (issue 9) — and the one thing that differs between them on the policy side: what is
+sent as "policy feedback".
 
-Every arm uses the same seeds, SFT policy, labelled pairs, prompts and budget; an arm only
-chooses what the service sees. All of it goes through the public API:
+Every arm uses the same seeds, SFT policy, labelled pairs, prompts, held-out pairs and budget; an
+arm only chooses what the service sees. All of it goes through the public API:
 
-| arm            | score with          | online `/v1/update`        | Ω   | α   |
-|----------------|---------------------|----------------------------|-----|-----|
-| vanilla        | text only (ϕ(H_last)) | none                     | –   | –   |
-| r2m            | hidden states       | GREBT, fresh hidden states | 0.6 | 0.3 |
-| r2m_frozen     | hidden states       | none ("w/o train")         | 0.6 | –   |
-| r2m_noise      | Gaussian noise      | GREBT, fresh noise         | 0.6 | 0.3 |
-| iterative_head | text only           | GREBT on ϕ only            | 1.0 | 0.3 |
-| r2m_no_bt      | hidden states       | GREBT with α = 1           | 0.6 | 1.0 |
-| r2m_no_gre     | hidden states       | GREBT with α = 0           | 0.6 | 0.0 |
+| arm                     | score with      | online `/v1/update` each step          | Ω   | α   |
+|-------------------------|-----------------|----------------------------------------|-----|-----|
+| vanilla                 | text only       | none                                   | –   | –   |
+| r2m, r2m_lr*            | hidden states   | GREBT, fresh hidden states, at its lr  | 0.6 | 0.3 |
+| r2m_frozen              | hidden states   | none ("w/o train")                     | 0.6 | –   |
+| r2m_noise               | Gaussian noise  | GREBT, fresh noise                     | 0.6 | 0.3 |
+| iterative_head          | text only       | GREBT on ϕ only                        | 1.0 | 0.3 |
+| r2m_no_bt / r2m_no_gre  | hidden states   | GREBT with α = 1 / α = 0               | 0.6 | 1/0 |
+| r2m_zero_o              | hidden states   | GREBT; run created with `init=zero_o`  | 0.6 | 0.3 |
+| r2m_gold{k}             | hidden states   | k gold-labelled pairs (BT)             | 0.6 | –   |
+| r2m_grebt_gold{k}       | hidden states   | GREBT, then k gold-labelled pairs      | 0.6 | 0.3 |
+| head_gold{k}            | text only       | k gold-labelled pairs on ϕ only        | 1.0 | –   |
+| head_grebt_gold{k}      | text only       | GREBT, then k gold pairs, on ϕ only    | 1.0 | 0.3 |
 
 **[choice]** "Iterative RM head" is a run with Ω = 1: then ω(t) ≡ 1, the service computes
-ϕ(H_last) and never reads hidden states, so GREBT trains the head alone. `/v1/update` still wants
-one tensor per response; this arm sends a single zero row [1, D_p] for each, which the module
-provably ignores at ω = 1.
+ϕ(H_last) and never reads hidden states, so every update trains the head alone. `/v1/update`
+still wants one tensor per response; these arms send a single zero row [1, D_p] for each, which
+the module provably ignores at ω = 1.
+
+**[choice]** "Mixed" gold arms make two update calls per step (two optimizer steps): GREBT on the
+step's groups at the run's online rate, then BT on the k gold pairs at the fit's rate — the API
+takes groups or pairs per call, and labelled pairs are trained like the fit's.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from typing import Literal
 import torch
 
 Feedback = Literal["hidden", "noise", "none"]
+SWEEP_LRS = (1e-6, 3e-6, 1e-5, 3e-5)  # issue 9: at least these online rates
+GOLD_PAIRS_PER_STEP = (2, 8)
 
 
 @dataclass(frozen=True)
@@ -36,20 +48,54 @@ class Arm:
     name: str
     label: str
     feedback: Feedback
-    online: bool
+    grebt: bool  # self-labelled GREBT update every step
+    gold_pairs: int = 0  # gold-labelled pairs per step (BT), 0: none
     omega_floor: float | None = None  # None: the experiment's Ω
     alpha: float | None = None  # None: the experiment's α
+    learning_rate: float | None = None  # the run's online rate; None: the experiment's
+    init: str = "default"  # the run's `init`
+    headline: bool = False  # run with every seed (else the secondary seeds)
+
+    @property
+    def trains(self) -> bool:
+        return self.grebt or self.gold_pairs > 0
+
+
+def lr_name(lr: float) -> str:
+    """1e-06 → "1e-6": the arm-name spelling of a rate."""
+    mantissa, exponent = f"{lr:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _gold_arms(k: int) -> tuple[Arm, ...]:
+    headline = k == max(GOLD_PAIRS_PER_STEP)
+    return (
+        Arm(f"r2m_gold{k}", f"R2M + {k} gold pairs", "hidden", grebt=False, gold_pairs=k,
+            headline=headline),
+        Arm(f"r2m_grebt_gold{k}", f"R2M (GREBT) + {k} gold pairs", "hidden", grebt=True,
+            gold_pairs=k, headline=headline),
+        Arm(f"head_gold{k}", f"Iterative head + {k} gold pairs", "none", grebt=False,
+            gold_pairs=k, omega_floor=1.0, headline=headline),
+        Arm(f"head_grebt_gold{k}", f"Iterative head (GREBT) + {k} gold pairs", "none",
+            grebt=True, gold_pairs=k, omega_floor=1.0, headline=headline),
+    )
 
 
 ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("vanilla", "Static RM (vanilla RLOO)", "none", online=False),
-    Arm("r2m", "R2M", "hidden", online=True),
-    Arm("r2m_frozen", "R2M w/o train", "hidden", online=False),
-    Arm("r2m_noise", "R2M w/ noise", "noise", online=True),
-    Arm("iterative_head", "Iterative RM head (GREBT)", "none", online=True, omega_floor=1.0),
-    Arm("r2m_no_bt", "R2M w/o BT (α=1)", "hidden", online=True, alpha=1.0),
-    Arm("r2m_no_gre", "R2M w/o GRE (α=0)", "hidden", online=True, alpha=0.0),
+    Arm("vanilla", "Static RM (vanilla RLOO)", "none", grebt=False, headline=True),
+    Arm("r2m", "R2M", "hidden", grebt=True, headline=True),
+    *(Arm(f"r2m_lr{lr_name(lr)}", f"R2M, online lr {lr_name(lr)}", "hidden", grebt=True,
+          learning_rate=lr, headline=True) for lr in SWEEP_LRS[:-1]),
+    Arm("r2m_frozen", "R2M w/o train", "hidden", grebt=False),
+    Arm("r2m_noise", "R2M w/ noise", "noise", grebt=True),
+    Arm("iterative_head", "Iterative RM head (GREBT)", "none", grebt=True, omega_floor=1.0,
+        headline=True),
+    Arm("r2m_no_bt", "R2M w/o BT (α=1)", "hidden", grebt=True, alpha=1.0),
+    Arm("r2m_no_gre", "R2M w/o GRE (α=0)", "hidden", grebt=True, alpha=0.0),
+    Arm("r2m_zero_o", "R2M, init W_o = 0 (guard)", "hidden", grebt=True, init="zero_o"),
+    *(arm for k in GOLD_PAIRS_PER_STEP for arm in _gold_arms(k)),
 )}
+SWEEP_ARMS = ("r2m", *(f"r2m_lr{lr_name(lr)}" for lr in SWEEP_LRS[:-1]))
 
 
 def matched_noise(states: Sequence[torch.Tensor], generator: torch.Generator

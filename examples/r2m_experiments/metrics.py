@@ -72,3 +72,29 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def _check_paired(a: Sequence[float], b: Sequence[float]) -> None:
     if len(a) != len(b) or not a:
         raise ValueError(f"need two equally long, non-empty sequences, got {len(a)} and {len(b)}")
+
+
+# Two-sided 95% quantiles of Student's t for 1–30 degrees of freedom (then ≈ normal).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def interval95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided 95% t-interval over `values` (seeds); NaN
+    entries are dropped, and the half-width is NaN with fewer than two values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    mean, std = mean_std(finite)
+    n = len(finite)
+    if n == 1:
+        return mean, math.nan
+    quantile = _T975[n - 2] if n - 1 <= len(_T975) else 1.960
+    return mean, quantile * std / math.sqrt(n)
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN when there are none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

@@ -1,6 +1,10 @@
-"""Results on disk: one JSON per run, then the per-arm summary (JSON + Markdown table) that
-EXPERIMENTS.md quotes. "Final" values average the last `final_window` steps of a run; the table
-gives their mean ± sample std over seeds.
+"""Results on disk: one JSON per run, then the per-arm summary (JSON + Markdown tables) that
+EXPERIMENTS.md quotes.
+
+"Final" values average the last `final_window` steps of a run (NaN steps skipped); the tables give
+their mean over seeds ± the half-width of the two-sided 95% t-interval. Comparisons with the
+static RM are paired by seed (same SFT policy, prompts and held-out pairs), which removes the
+seed-to-seed spread the arms share.
 """
 
 from __future__ import annotations
@@ -9,24 +13,28 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from statistics import fmean
 
-from .arms import ARMS
-from .loop import PHASES
-from .metrics import mean_std
+from .arms import ARMS, SWEEP_ARMS
+from .metrics import interval95, nanmean
 
-RUN_SCHEMA = "r2m-experiment-run/v1"
-SUMMARY_SCHEMA = "r2m-experiment-summary/v1"
-FINAL_KEYS = ("gold_reward", "proxy_reward", "kl", "length", "spearman", "discrepancy",
-              "sign_off_rate")
-TABLE_COLUMNS = (("gold_reward", "gold ↑"), ("proxy_reward", "proxy"), ("kl", "KL"),
-                 ("length", "length"), ("sign_off_rate", "sign-off rate"),
-                 ("spearman", "proxy–gold ρ"), ("discrepancy", "discrepancy ↓"))
+RUN_SCHEMA = "r2m-experiment-run/v2"
+SUMMARY_SCHEMA = "r2m-experiment-summary/v2"
+FINAL_KEYS = ("gold_reward", "proxy_reward", "kl", "length", "sign_off_rate", "spearman",
+              "discrepancy", "heldout_accuracy", "heldout_cue_accuracy", "heldout_discrepancy",
+              "reward_std", "feedback_std", "rte_std", "feedback_share", "scale_drift", "o_norm",
+              "head_norm")
+BASELINE = "vanilla"
+# (key, title, how a paired comparison with the static RM is expressed)
+COMPARED = (("gold_reward", "gold", "difference"),
+            ("heldout_accuracy", "held-out accuracy", "difference"),
+            ("heldout_cue_accuracy", "cue-pair accuracy", "difference"),
+            ("heldout_discrepancy", "held-out discrepancy", "relative"),
+            ("discrepancy", "on-policy discrepancy", "relative"))
 
 
 def finals(series: Mapping[str, Sequence[float]], window: int) -> dict[str, float]:
     """Each metric averaged over the last `window` steps of one run."""
-    return {key: fmean(series[key][-window:]) for key in FINAL_KEYS}
+    return {key: nanmean(series[key][-window:]) for key in FINAL_KEYS if key in series}
 
 
 def run_record(arm: str, seed: int, settings: Mapping[str, object], service: Mapping[str, object],
@@ -40,8 +48,9 @@ def run_record(arm: str, seed: int, settings: Mapping[str, object], service: Map
         "schema": RUN_SCHEMA, "arm": arm, "arm_label": ARMS[arm].label, "seed": seed,
         "settings": dict(settings), "service": dict(service), "run": result["run"],
         "fit_losses": {"stride": stride, "values": fit[::stride], "last": fit[-1] if fit else None},
-        "series": series, "final": finals(series, window), "wall_time_s": wall_time_s,
-        "last_step_samples": result["last_step_samples"],
+        "series": series, "final": finals(series, window),
+        "initial": {key: series[key][0] for key in FINAL_KEYS if key in series},
+        "wall_time_s": wall_time_s, "last_step_samples": result["last_step_samples"],
     }
 
 
@@ -52,49 +61,128 @@ def write_json(path: Path, document: object) -> Path:
     return path
 
 
+def _value(record: Mapping[str, object], part: str, key: str) -> float:
+    value = record[part].get(key)
+    return math.nan if value is None else value
+
+
 def summarize(records: Sequence[Mapping[str, object]]) -> dict[str, object]:
-    """Per arm (in ARMS order): mean ± std over seeds of every final metric, the step-0 gold
-    (the SFT policy), and the mean wall time per step of each phase."""
+    """Per arm (in ARMS order): mean and 95% half-width over seeds of every final metric and of
+    its step-0 value, the online rate, and the paired comparisons with the static RM."""
     arms: dict[str, object] = {}
-    for name in [a for a in ARMS if any(r["arm"] == a for r in records)]:
-        runs = [r for r in records if r["arm"] == name]
+    by_arm = {name: sorted((r for r in records if r["arm"] == name), key=lambda r: r["seed"])
+              for name in ARMS}
+    for name, runs in by_arm.items():
+        if not runs:
+            continue
         entry: dict[str, object] = {"label": ARMS[name].label,
-                                    "seeds": [r["seed"] for r in runs]}
+                                    "seeds": [r["seed"] for r in runs],
+                                    "learning_rate": runs[0]["run"]["config"]["learning_rate"]}
         for key in FINAL_KEYS:
-            mean, std = mean_std([r["final"][key] for r in runs])
-            entry[key] = {"mean": mean, "std": std, "per_seed": [r["final"][key] for r in runs]}
-        entry["initial_gold"] = fmean(r["series"]["gold_reward"][0] for r in runs)
-        entry["time_per_step_s"] = _phase_times(runs)
+            per_seed = [_value(r, "final", key) for r in runs]
+            mean, half = interval95(per_seed)
+            initial, initial_half = interval95([_value(r, "initial", key) for r in runs])
+            entry[key] = {"mean": mean, "ci95": half, "per_seed": per_seed,
+                          "initial": initial, "initial_ci95": initial_half}
+        if name != BASELINE and by_arm.get(BASELINE):
+            entry["vs_static"] = _paired(runs, by_arm[BASELINE])
         arms[name] = entry
     return {"schema": SUMMARY_SCHEMA, "arms": arms}
 
 
-def _phase_times(runs: Sequence[Mapping[str, object]]) -> dict[str, float]:
-    times = {p: fmean(t for r in runs for t in r["series"][f"time_{p}"]) for p in PHASES}
-    total = sum(times.values())
-    return {**times, "step": total, "r2m_update_share": times["r2m_update"] / total}
+def _paired(runs: Sequence[Mapping[str, object]], baseline: Sequence[Mapping[str, object]]
+            ) -> dict[str, object]:
+    """Per compared metric, over the seeds both arms ran: the arm minus the static RM
+    ("difference") or the arm's relative change, arm / static − 1 ("relative")."""
+    base = {r["seed"]: r for r in baseline}
+    common = [r for r in runs if r["seed"] in base]
+    out: dict[str, object] = {"seeds": [r["seed"] for r in common]}
+    for key, _, kind in COMPARED:
+        values = []
+        for r in common:
+            arm, static = _value(r, "final", key), _value(base[r["seed"]], "final", key)
+            values.append(arm - static if kind == "difference" else arm / static - 1.0)
+        mean, half = interval95(values)
+        out[key] = {"kind": kind, "mean": mean, "ci95": half, "per_seed": values}
+    return out
 
 
-def markdown_table(summary: Mapping[str, object]) -> str:
-    """Final metrics per arm, mean ± std over seeds."""
-    header = "| arm | seeds | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
-    for entry in summary["arms"].values():
-        cells = [f"{entry[key]['mean']:.3f} ± {entry[key]['std']:.3f}" for key, _ in TABLE_COLUMNS]
+def _cell(stat: Mapping[str, float], digits: int = 3) -> str:
+    mean, half = stat["mean"], stat["ci95"]
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if math.isfinite(half) else "")
+
+
+ARM_COLUMNS = (("gold_reward", "gold ↑"), ("kl", "KL"), ("sign_off_rate", "sign-off"),
+               ("heldout_accuracy", "held-out acc ↑"), ("heldout_cue_accuracy", "cue acc ↑"),
+               ("heldout_discrepancy", "held-out disc ↓"), ("discrepancy", "on-policy disc ↓"),
+               ("feedback_share", "feedback share"), ("scale_drift", "scale drift"))
+
+
+def arms_table(summary: Mapping[str, object], names: Sequence[str] | None = None) -> str:
+    """Final metrics per arm, mean ± 95% half-width over seeds."""
+    header = "| arm | seeds | " + " | ".join(title for _, title in ARM_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(ARM_COLUMNS) + 2)]
+    for name, entry in summary["arms"].items():
+        if names is not None and name not in names:
+            continue
+        cells = [_cell(entry[key], 2 if key in ("kl", "scale_drift") else 3)
+                 for key, _ in ARM_COLUMNS]
         lines.append(f"| {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def timing_table(summary: Mapping[str, object]) -> str:
-    """Mean wall time per RL step by phase (ms) and the R2M update's share of the step."""
-    titles = ("generation", "hidden states", "scoring", "policy update", "R2M update")
-    lines = ["| arm | " + " | ".join(titles) + " | step | R2M update share |",
-             "|" + "---|" * (len(titles) + 3)]
+def sweep_table(summary: Mapping[str, object], steps: int) -> str:
+    """R2M at each online rate, slowest first, with lr·T and what the module did."""
+    columns = (("gold_reward", "gold ↑"), ("kl", "KL"), ("heldout_accuracy", "held-out acc ↑"),
+               ("heldout_cue_accuracy", "cue acc ↑"), ("heldout_discrepancy", "held-out disc ↓"),
+               ("feedback_share", "feedback share"), ("scale_drift", "scale drift"),
+               ("o_norm", "‖W_o‖"))
+    entries = sorted((summary["arms"][n] for n in SWEEP_ARMS if n in summary["arms"]),
+                     key=lambda e: e["learning_rate"])
+    lines = ["| online lr | lr·T | seeds | " + " | ".join(t for _, t in columns) + " |",
+             "|" + "---|" * (len(columns) + 3)]
+    for e in entries:
+        lr = e["learning_rate"]
+        cells = [_cell(e[key], 2 if key in ("kl", "scale_drift") else 3) for key, _ in columns]
+        lines.append(f"| {lr:.0e} | {lr * steps:.1e} | {len(e['seeds'])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(summary: Mapping[str, object]) -> str:
+    """Each arm against the static RM, paired by seed: differences (gold, accuracies) and
+    relative changes (discrepancies, negative = lower than the static RM's)."""
+    titles = [f"{title} ({'Δ' if kind == 'difference' else 'rel. Δ'})"
+              for _, title, kind in COMPARED]
+    lines = ["| arm vs static RM | seeds | " + " | ".join(titles) + " |",
+             "|" + "---|" * (len(COMPARED) + 2)]
     for entry in summary["arms"].values():
-        t = entry["time_per_step_s"]
-        cells = [f"{1000 * t[p]:.1f}" for p in PHASES]
-        lines.append(f"| {entry['label']} | " + " | ".join(cells)
-                     + f" | {1000 * t['step']:.1f} | {100 * t['r2m_update_share']:.1f}% |")
+        paired = entry.get("vs_static")
+        if paired is None:
+            continue
+        cells = []
+        for key, _, kind in COMPARED:
+            stat = paired[key]
+            if kind == "relative":
+                stat = {"mean": 100 * stat["mean"], "ci95": 100 * stat["ci95"]}
+                cells.append(_cell(stat, 1) + " %" if math.isfinite(stat["mean"]) else "–")
+            else:
+                cells.append(_cell(stat, 3))
+        lines.append(f"| {entry['label']} | {len(paired['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def timing_table(timing: Mapping[str, object]) -> str:
+    """The overhead phase: mean step time per arm and its overhead over vanilla."""
+    lines = ["| arm | step (ms) | hidden states (ms) | scoring (ms) | R2M update (ms) | "
+             "overhead vs vanilla (per pass) |", "|---|---|---|---|---|---|"]
+    for name, t in timing["summary"].items():
+        passes = ", ".join(f"{100 * r:+.1f}%" for r in t["overhead_per_pass"])
+        lines.append(f"| {ARMS[name].label} | {1000 * t['step_s']:.1f} | "
+                     f"{1000 * t['hidden_states_s']:.1f} | {1000 * t['scoring_s']:.1f} | "
+                     f"{1000 * t['r2m_update_s']:.1f} | {100 * t['overhead']:+.1f}% ({passes}) |")
     return "\n".join(lines)
 
 

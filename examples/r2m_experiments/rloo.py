@@ -1,7 +1,10 @@
 """The policy update: RLOO advantages with a KL-to-reference penalty, optimised by PPO-clip.
 
-Per RL step (R2M.md §4.2): rewards come from the service; the sequence-level KL estimate
-Σ_t (log π_old − log π_ref) is subtracted from them with weight β (the RLOO recipe); each
+Per RL step (docs/method.md#online-update): rewards come from the service and are z-scored over
+the batch **[choice, issue 9]**; the sequence-level KL estimate Σ_t (log π_old − log π_ref) is
+then subtracted with weight β (the RLOO recipe: KL in the reward, not in the loss). Standardising
+first keeps β·KL at one weight against rewards of any scale: an online RM whose scale grows 50×
+must not switch the KL constraint off (before this, one did: KL 106 against 3.6). Each
 response's advantage is its shaped reward minus the mean of the other K − 1 responses to the same
 prompt, then scaled by the batch std **[choice]** so one policy learning rate suits every arm's
 reward scale. PPO-clip runs for a few epochs over minibatches; the forward passes of the last
@@ -28,7 +31,8 @@ class PPOSettings:
     epochs: int = 2
     minibatches: int = 2
     clip: float = 0.2
-    kl_coef: float = 0.05
+    kl_coef: float = 0.05  # β, against z-scored rewards
+    standardize_rewards: bool = True  # z-score the proxy rewards per batch before β·KL
 
 
 def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,6 +43,13 @@ def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     advantages = (groups - baseline).flatten()
     std = advantages.std(correction=0)
     return advantages / std if std > 1e-8 else advantages
+
+
+def zscore(rewards: torch.Tensor) -> torch.Tensor:
+    """(r − mean) / population std over the batch; centred only when the std is ~0."""
+    centred = rewards - rewards.mean()
+    std = rewards.std(correction=0)
+    return centred / std if std > 1e-8 else centred
 
 
 def sequence_logprobs(model: GPT2LMHeadModel, batch: Batch,
@@ -70,7 +81,8 @@ def ppo_step(model: GPT2LMHeadModel, reference: GPT2LMHeadModel,
     old = sequence_logprobs(model, batch, suppressed)
     ref = sequence_logprobs(reference, batch, suppressed)
     kl = kl_to_reference(old, ref)
-    advantages = rloo_advantages(rewards - settings.kl_coef * kl, k)
+    scaled = zscore(rewards) if settings.standardize_rewards else rewards
+    advantages = rloo_advantages(scaled - settings.kl_coef * kl, k)
     size = batch.input_ids.shape[0]
     fresh: list[torch.Tensor | None] = [None] * size
     losses = []

@@ -19,6 +19,7 @@ from r2m_service import __version__
 from r2m_service.backbone import Backbone
 from r2m_service.engine import Engine
 from r2m_service.http.auth import announce, install_auth
+from r2m_service.http.docs_ui import install_docs_ui
 from r2m_service.http.errors import install_error_handlers
 from r2m_service.http.openapi import install_openapi
 from r2m_service.http.request_context import RequestContextMiddleware
@@ -38,7 +39,7 @@ def load_engine(settings: Settings, metrics: Metrics) -> Engine:
                         max_batch_tokens=settings.max_batch_tokens)
     log.info("backbone ready: %s (%s, D_rm=%d, max_length=%d)", backbone.name, backbone.kind,
              backbone.hidden_size, backbone.max_length)
-    return Engine(backbone, metrics, settings, open_store(settings))
+    return Engine(backbone, metrics, settings, open_store(settings, metrics))
 
 
 async def start_engine(settings: Settings, metrics: Metrics) -> Engine:
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_auth(app, settings)
     install_openapi(app)
+    install_docs_ui(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

@@ -2,7 +2,7 @@
 
 Reading streams straight into one preallocated buffer sized from Content-Length (no join copy;
 413 before a byte is read when it is too large). Decoding runs in a worker thread, never on the
-event loop: a 64 MiB JSON body would stall every other request (MEASURED.md).
+event loop: a 64 MiB JSON body would stall every other request (docs/measurements.md).
 """
 
 from __future__ import annotations

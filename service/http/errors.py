@@ -12,6 +12,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r2m_proto.errors import ErrorBody, ErrorCode, ErrorDetail, WireError, field_path
 from r2m_proto.media import RETRY_AFTER_HEADER
+from r2m_service.errors import (
+    InvalidInput,
+    Overloaded,
+    RetryLater,
+    RunExists,
+    RunNotFound,
+    ServiceError,
+    TooManyItems,
+    Unavailable,
+    VersionNotReached,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +34,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.RUN_NOT_FOUND: 404,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.VERSION_CONFLICT: 409,
+    ErrorCode.RUN_EXISTS: 409,
     ErrorCode.OVERLOADED: 429,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.CLIENT_CLOSED: 499,  # nginx's convention; nobody is left to read it
@@ -31,6 +43,21 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
 }
 _CODE_BY_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_REQUEST}
+# The one place where the service's domain errors meet the wire (most specific class first).
+_CODE_BY_ERROR: tuple[tuple[type[ServiceError], ErrorCode], ...] = (
+    (InvalidInput, ErrorCode.INVALID_REQUEST),
+    (TooManyItems, ErrorCode.PAYLOAD_TOO_LARGE),
+    (RunNotFound, ErrorCode.RUN_NOT_FOUND),
+    (RunExists, ErrorCode.RUN_EXISTS),
+    (VersionNotReached, ErrorCode.VERSION_CONFLICT),
+    (Overloaded, ErrorCode.OVERLOADED),
+    (Unavailable, ErrorCode.UNAVAILABLE),
+)
+
+
+def code_of(exc: ServiceError) -> ErrorCode:
+    return next((code for kind, code in _CODE_BY_ERROR if isinstance(exc, kind)),
+                ErrorCode.INTERNAL)
 
 
 def error_response(code: ErrorCode, message: str, field: str | None = None,
@@ -54,9 +81,17 @@ def validation_error_response(exc: ValidationError | RequestValidationError) -> 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(WireError)
     async def _wire(_: Request, exc: WireError) -> JSONResponse:
-        headers = (None if exc.retry_after_s is None
-                   else {RETRY_AFTER_HEADER: str(exc.retry_after_s)})
-        return error_response(exc.code, exc.message, exc.field, headers)
+        return error_response(exc.code, exc.message, exc.field)
+
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        code = code_of(exc)
+        if code is ErrorCode.INTERNAL:  # a ServiceError nobody mapped: a bug, not the caller's
+            log.error("unmapped %s on %s %s", type(exc).__name__, request.method,
+                      request.url.path)
+        retry = exc.retry_after_s if isinstance(exc, RetryLater) else None
+        headers = None if retry is None else {RETRY_AFTER_HEADER: str(retry)}
+        return error_response(code, exc.message, exc.field, headers)
 
     @app.exception_handler(ValidationError)
     async def _validation(_: Request, exc: ValidationError) -> JSONResponse:

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from r2m_proto.errors import ErrorCode, WireError
 from r2m_proto.media import CHECKPOINT_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER
 from r2m_proto.schemas import (
     CreateRunRequest,
@@ -20,6 +19,7 @@ from r2m_proto.schemas import (
 )
 from r2m_service import __version__
 from r2m_service.engine import Engine
+from r2m_service.errors import TooManyItems, Unavailable
 from r2m_service.http.auth import Scope, require
 from r2m_service.http.body import read_request
 from r2m_service.http.disconnect import unless_disconnected
@@ -44,7 +44,7 @@ def get_engine(request: Request) -> Engine:
         error = request.app.state.load_error
         message = (f"the backbone failed to load: {error}" if error
                    else "the backbone is still loading; retry shortly")
-        raise WireError(message, None, ErrorCode.UNAVAILABLE, retry_after_s=None if error else 5)
+        raise Unavailable(message, retry_after_s=None if error else 5)
     return engine
 
 
@@ -80,7 +80,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         backbone_identity=backbone.identity, reward_hidden_size=backbone.hidden_size,
         dtype=backbone.dtype, device=str(backbone.device), max_length=backbone.max_length,
         max_body_bytes=settings.max_body_bytes, max_items=settings.max_items,
-        runs=len(engine.runs), version=__version__)
+        runs=len(engine.runs), software_version=__version__, settings=settings.public())
 
 
 @router.post("/v1/runs", status_code=201, tags=["runs"],
@@ -148,5 +148,5 @@ async def update(request: Request, engine: EngineDep, settings: SettingsDep, m: 
 
 def _check_count(count: int, limit: int, field: str) -> None:
     if count > limit:
-        raise WireError(f"{count} samples exceed the limit of {limit} per request (split the "
-                        "batch)", field, ErrorCode.PAYLOAD_TOO_LARGE)
+        raise TooManyItems(f"{count} samples exceed the limit of {limit} per request (split "
+                           "the batch)", field)

@@ -1,8 +1,14 @@
 """Where run state lives: in this process (default) or in Redis (many replicas, one truth).
 
-Everything above `StateStore` — the engine, the routes — is the same for both.
+Everything above `StateStore` — the run directory, the engine, the routes — is the same for both.
 """
 
-from r2m_service.state.base import RunLock, StateStore, StoreUnavailable
+from r2m_service.state.base import (
+    RunIdTaken,
+    StateEncoder,
+    StateStore,
+    StoreUnavailable,
+    UpdateTransaction,
+)
 
-__all__ = ["RunLock", "StateStore", "StoreUnavailable"]
+__all__ = ["RunIdTaken", "StateEncoder", "StateStore", "StoreUnavailable", "UpdateTransaction"]

@@ -1,43 +1,57 @@
-"""The state-store interface: run state, versions, update locks, idempotency, notifications."""
+"""The state-store interface: run state, versions, update transactions, notifications.
+
+Stores differ in what they keep (nothing but versions in this process; files; Redis) and whether
+other processes change runs too. Those differences live in the store classes: the run directory
+above them asks the same questions of every store and never branches on which one it has.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
-from r2m_proto.errors import ErrorCode, WireError
+from r2m_service.errors import StoreUnavailable
 from r2m_service.rte_cache import RTECache
 
 # (run_id, version) on a new version; (run_id, None) when the run was deleted
 EventHandler = Callable[[str, int | None], None]
+# Serializes a run's full state on demand (on the model thread): a store that keeps no copy of
+# the state never pays for it.
+StateEncoder = Callable[[], Awaitable[bytes]]
+
+__all__ = ["EventHandler", "RunIdTaken", "StateEncoder", "StateStore", "StoreUnavailable",
+           "UpdateTransaction"]
 
 
-class StoreUnavailable(WireError):
-    """503: the shared store cannot be reached; nothing was changed."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"the state store is unreachable ({detail}); nothing was changed",
-                         None, ErrorCode.UNAVAILABLE, retry_after_s=1)
+class RunIdTaken(Exception):
+    """`create`: the id belongs to another run already (here or on another replica)."""
 
 
-class RunLock:
-    """Proof of holding a run's update lock; `token` fences the commit."""
+class UpdateTransaction(ABC):
+    """One update of one run, holding that run's update lock (across replicas where the store is
+    shared). Its `commit` is fenced by the lock: a holder whose lock lapsed cannot commit."""
 
-    def __init__(self, token: str = "") -> None:
-        self.token = token
+    @abstractmethod
+    async def recorded_response(self, key: str) -> str | None:
+        """The response JSON an update with this idempotency key already got."""
+
+    @abstractmethod
+    async def commit(self, version: int, state: StateEncoder, response_json: str,
+                     idempotency_key: str | None) -> bytes | None:
+        """Make `version` current, atomically with the idempotency record.
+
+        Returns the state bytes the store made durable, which the caller keeps to roll the run
+        back should a later commit fail; None from a store that keeps no copy (its commit cannot
+        fail). Raises `StoreUnavailable` (lock lost, store down): the version did not become
+        current."""
 
 
 class StateStore(ABC):
-    """`shared`: other processes may change runs (check versions, reload). `persistent`: commits
-    carry the run's serialized state (and a failed commit must be rolled back locally)."""
-
-    shared: bool = False
-    persistent: bool = False
     rte_cache: RTECache
 
     async def start(self, on_event: EventHandler) -> None:  # noqa: B027 - optional hook
-        """Begin delivering change notifications (shared stores)."""
+        """Begin delivering version and delete notifications."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and background tasks."""
@@ -47,12 +61,13 @@ class StateStore(ABC):
         """Raise `StoreUnavailable` unless the store answers."""
 
     @abstractmethod
-    async def create(self, run_id: str, state: bytes | None) -> bool:
-        """Record a new run at version 0; False (and nothing written) if the id is taken."""
+    async def create(self, run_id: str, state: StateEncoder) -> bytes | None:
+        """Record a new run at version 0 (the bytes kept, as for `commit`). Raises `RunIdTaken`
+        (and writes nothing) if the id is taken."""
 
     @abstractmethod
     async def load(self, run_id: str) -> bytes | None:
-        """The current state of a run (None: unknown run)."""
+        """The current state of a run (None: unknown run, or a store that keeps no state)."""
 
     @abstractmethod
     async def head(self, run_id: str) -> int | None:
@@ -63,19 +78,9 @@ class StateStore(ABC):
         """Forget a run."""
 
     @abstractmethod
-    def update_lock(self, run_id: str) -> AbstractAsyncContextManager[RunLock]:
-        """Serialize updates of one run (across replicas for shared stores)."""
-
-    @abstractmethod
-    async def recorded_response(self, run_id: str, key: str) -> str | None:
-        """The response JSON an update with this idempotency key already got."""
-
-    @abstractmethod
-    async def commit(self, run_id: str, version: int, state: bytes | None, response_json: str,
-                     idempotency_key: str | None, lock: RunLock) -> None:
-        """Make `version` current, atomically with the idempotency record. Raises
-        `StoreUnavailable` (or loses the lock) → the version did not become current."""
+    def transaction(self, run_id: str) -> AbstractAsyncContextManager[UpdateTransaction]:
+        """Serialize the updates of one run (across replicas for shared stores)."""
 
     @abstractmethod
     async def stored_run_ids(self) -> list[str]:
-        """Runs to restore at start-up (persistent stores)."""
+        """Runs to load at start-up (a store that this process alone reads from disk)."""

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import logging
 
-from r2m_service.settings import Settings
+from r2m_service.metrics import Metrics
+from r2m_service.settings import Settings, redact_url
 from r2m_service.state.base import StateStore
 from r2m_service.state.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: Settings) -> StateStore:
+def open_store(settings: Settings, metrics: Metrics) -> StateStore:
     if settings.redis_url:
         from r2m_service.state.redis_store import RedisStore
 
         if settings.checkpoint_dir:
             log.warning("--checkpoint-dir is ignored: with Redis, run state lives in Redis")
-        log.info("state store: redis (%s, prefix %r)", _redact(settings.redis_url),
+        log.info("state store: redis (%s, prefix %r)", redact_url(settings.redis_url),
                  settings.redis_prefix)
-        return RedisStore(settings.redis_url, prefix=settings.redis_prefix,
+        return RedisStore(settings.redis_url, rte_write_failures=metrics.rte_write_failures,
+                          prefix=settings.redis_prefix,
                           lock_lease_s=settings.lock_lease_s,
                           idempotency_ttl_s=settings.idempotency_ttl_s,
                           rte_cache_size=settings.rte_cache_size, rte_ttl_s=settings.rte_ttl_s)
@@ -29,8 +31,3 @@ def open_store(settings: Settings) -> StateStore:
                        idempotency_ttl_s=settings.idempotency_ttl_s,
                        checkpoint_dir=settings.checkpoint_dir)
 
-
-def _redact(url: str) -> str:
-    """Never log a Redis password."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}" if "@" in rest else url

@@ -1,5 +1,6 @@
-"""The in-process store (the default): runs live in this process; with a checkpoint dir, each new
-version is also written to disk atomically (temp file + rename) and reloaded at start."""
+"""The in-process store (the default): runs live in this process and the store records only their
+versions. With a checkpoint dir, each new version is also written to disk atomically (temp file +
+rename) and the runs are loaded from it at start."""
 
 from __future__ import annotations
 
@@ -12,30 +13,50 @@ from pathlib import Path
 
 from r2m_service.idempotency import IdempotencyStore
 from r2m_service.rte_cache import LRUCache
-from r2m_service.state.base import RunLock, StateStore, StoreUnavailable
+from r2m_service.state.base import (
+    EventHandler,
+    RunIdTaken,
+    StateEncoder,
+    StateStore,
+    StoreUnavailable,
+    UpdateTransaction,
+)
+from r2m_service.tensor_files import read_metadata
 
 log = logging.getLogger(__name__)
 _SUFFIX = ".r2m-state"
 
 
 class MemoryStore(StateStore):
-    shared = False
-
     def __init__(self, *, rte_cache_size: int, idempotency_ttl_s: float,
                  checkpoint_dir: str | None = None) -> None:
         self.rte_cache = LRUCache(rte_cache_size)
         self._idempotency = IdempotencyStore(idempotency_ttl_s)
+        self._heads: dict[str, int] = {}
+        self._on_event: EventHandler | None = None
         self._dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.persistent = self._dir is not None
         if self._dir is not None:
             self._dir.mkdir(parents=True, exist_ok=True)
+            for path in self._dir.glob(f"*{_SUFFIX}"):
+                self._heads[path.name.removesuffix(_SUFFIX)] = int(
+                    read_metadata(path)["version"])
+        self._on_disk = sorted(self._heads)
+
+    async def start(self, on_event: EventHandler) -> None:
+        self._on_event = on_event
 
     async def ping(self) -> None:
         return None
 
-    async def create(self, run_id: str, state: bytes | None) -> bool:
-        await self._write(run_id, state)  # one process: the run directory checked the id
-        return True
+    async def create(self, run_id: str, state: StateEncoder) -> bytes | None:
+        if run_id in self._heads:
+            raise RunIdTaken(run_id)
+        self._heads[run_id] = 0  # claimed before the write's await: a concurrent create loses
+        try:
+            return await self._persist(run_id, state)
+        except BaseException:
+            del self._heads[run_id]
+            raise
 
     async def load(self, run_id: str) -> bytes | None:
         path = self._path(run_id)
@@ -44,43 +65,59 @@ class MemoryStore(StateStore):
         return await asyncio.to_thread(path.read_bytes)
 
     async def head(self, run_id: str) -> int | None:
-        return None  # not shared: the engine's own run table is the truth
+        return self._heads.get(run_id)
 
     async def delete(self, run_id: str) -> None:
+        self._heads.pop(run_id, None)
         path = self._path(run_id)
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self._notify(run_id, None)
 
     @contextlib.asynccontextmanager
-    async def update_lock(self, run_id: str) -> AsyncIterator[RunLock]:
-        yield RunLock()  # one process: the run's write gate already serializes updates
-
-    async def recorded_response(self, run_id: str, key: str) -> str | None:
-        return self._idempotency.get(run_id, key)
-
-    async def commit(self, run_id: str, version: int, state: bytes | None, response_json: str,
-                     idempotency_key: str | None, lock: RunLock) -> None:
-        await self._write(run_id, state)
-        if idempotency_key is not None:
-            self._idempotency.put(run_id, idempotency_key, response_json)
+    async def transaction(self, run_id: str) -> AsyncIterator[UpdateTransaction]:
+        yield _MemoryTransaction(self, run_id)  # one process: the run's write gate serializes
 
     async def stored_run_ids(self) -> list[str]:
-        if self._dir is None:
-            return []
-        return sorted(p.name.removesuffix(_SUFFIX) for p in self._dir.glob(f"*{_SUFFIX}"))
+        return self._on_disk
 
     def _path(self, run_id: str) -> Path | None:
         return None if self._dir is None else self._dir / f"{run_id}{_SUFFIX}"
 
-    async def _write(self, run_id: str, state: bytes | None) -> None:
+    async def _persist(self, run_id: str, state: StateEncoder) -> bytes | None:
         path = self._path(run_id)
-        if path is None or state is None:
-            return
+        if path is None:
+            return None
+        data = await state()
         try:
-            await asyncio.to_thread(_atomic_write, path, state)
+            await asyncio.to_thread(_atomic_write, path, data)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write {path}: {exc}") from exc
+        return data
+
+    def _notify(self, run_id: str, version: int | None) -> None:
+        if self._on_event is not None:
+            self._on_event(run_id, version)
+
+
+class _MemoryTransaction(UpdateTransaction):
+    def __init__(self, store: MemoryStore, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+
+    async def recorded_response(self, key: str) -> str | None:
+        return self._store._idempotency.get(self._run_id, key)
+
+    async def commit(self, version: int, state: StateEncoder, response_json: str,
+                     idempotency_key: str | None) -> bytes | None:
+        store = self._store
+        data = await store._persist(self._run_id, state)
+        store._heads[self._run_id] = version
+        if idempotency_key is not None:
+            store._idempotency.put(self._run_id, idempotency_key, response_json)
+        store._notify(self._run_id, version)
+        return data
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -1,5 +1,5 @@
-"""Redis store: N replicas behind a load balancer serve the same runs (DESIGN.md "State and
-scale-out", MEASURED.md "Redis").
+"""Redis store: N replicas behind a load balancer serve the same runs (docs/design.md, "State
+and scale-out").
 
 Keys (hash-tagged per run, so a run's keys share a cluster slot):
   {p}:runs                       set of run ids
@@ -13,6 +13,7 @@ Keys (hash-tagged per run, so a run's keys share a cluster slot):
 
 An update writes its state chunks under new keys, then one Lua script checks that the lock is
 still ours and switches `head` + records the idempotency key; only then is the version visible.
+The superseded version's chunks (named from the old head, no keyspace scan) then expire.
 A crashed holder's lease runs out. Pub/sub wakes replicas early; `head` is still checked on every
 score because notifications are lost while a replica is disconnected.
 """
@@ -28,10 +29,18 @@ from collections.abc import AsyncIterator
 
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from r2m_service.rte_cache import LRUCache
-from r2m_service.state.base import EventHandler, RunLock, StateStore, StoreUnavailable
+from r2m_service.state.base import (
+    EventHandler,
+    RunIdTaken,
+    StateEncoder,
+    StateStore,
+    StoreUnavailable,
+    UpdateTransaction,
+)
 from r2m_service.state.redis_rte import RedisRTECache
 
 log = logging.getLogger(__name__)
@@ -60,13 +69,10 @@ class LockLost(StoreUnavailable):
 
 
 class RedisStore(StateStore):
-    shared = True
-    persistent = True
-
-    def __init__(self, url: str, *, prefix: str = "r2m", lock_lease_s: float = 30.0,
-                 lock_wait_s: float = 60.0, idempotency_ttl_s: float = 86400.0,
-                 chunk_bytes: int = 8 * 1024 * 1024, rte_cache_size: int = 65536,
-                 rte_ttl_s: float = 86400.0) -> None:
+    def __init__(self, url: str, *, rte_write_failures: Counter, prefix: str = "r2m",
+                 lock_lease_s: float = 30.0, lock_wait_s: float = 60.0,
+                 idempotency_ttl_s: float = 86400.0, chunk_bytes: int = 8 * 1024 * 1024,
+                 rte_cache_size: int = 65536, rte_ttl_s: float = 86400.0) -> None:
         options = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0,
                    "health_check_interval": 10}
         self._redis = aioredis.Redis.from_url(url, **options)
@@ -80,7 +86,7 @@ class RedisStore(StateStore):
         self._renew = self._redis.register_script(_RENEW)
         self._listener: asyncio.Task[None] | None = None
         self.rte_cache = RedisRTECache(LRUCache(rte_cache_size), redis.Redis.from_url(
-            url, **options), f"{prefix}:rte:", int(rte_ttl_s))
+            url, **options), f"{prefix}:rte:", int(rte_ttl_s), write_failures=rte_write_failures)
 
     # ---- keys ---------------------------------------------------------------------------------
 
@@ -110,21 +116,22 @@ class RedisStore(StateStore):
 
     # ---- runs ---------------------------------------------------------------------------------
 
-    async def create(self, run_id: str, state: bytes | None) -> bool:
+    async def create(self, run_id: str, state: StateEncoder) -> bytes:
         """Claim the id (NX, so two replicas creating the same id cannot both write version 0),
         write the state, then the head."""
-        assert state is not None
         async with _available("create run"):
             head = self._run_key(run_id, "head")
             if await self._redis.exists(head) or not await self._redis.set(
                     self._run_key(run_id, "creating"), "1", nx=True, ex=_CREATE_CLAIM_TTL_S):
-                return False
-            chunks = await self._write_state(run_id, 0, state)
+                raise RunIdTaken(run_id)
+        data = await state()
+        async with _available("create run"):
+            chunks = await self._write_state(run_id, 0, data)
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(head, json.dumps({"version": 0, "chunks": chunks}))
                 pipe.sadd(f"{self._prefix}:runs", run_id)
                 await pipe.execute()
-        return True
+        return data
 
     async def load(self, run_id: str) -> bytes | None:
         async with _available("load run"):
@@ -163,14 +170,14 @@ class RedisStore(StateStore):
     # ---- updates ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def update_lock(self, run_id: str) -> AsyncIterator[RunLock]:
+    async def transaction(self, run_id: str) -> AsyncIterator[UpdateTransaction]:
         key = self._run_key(run_id, "lock")
         token = secrets.token_hex(16)
         async with _available("update lock"):
             await self._acquire(key, token, run_id)
         renewer = asyncio.create_task(self._keep_alive(key, token))
         try:
-            yield RunLock(token)
+            yield _RedisTransaction(self, run_id, token)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,26 +185,27 @@ class RedisStore(StateStore):
             with contextlib.suppress(RedisError, OSError):  # else the lease frees it
                 await self._release(keys=[key], args=[token])
 
-    async def recorded_response(self, run_id: str, key: str) -> str | None:
-        async with _available("idempotency check"):
-            value = await self._redis.get(self._run_key(run_id, "idem", key))
-        return None if value is None else value.decode()
-
-    async def commit(self, run_id: str, version: int, state: bytes | None, response_json: str,
-                     idempotency_key: str | None, lock: RunLock) -> None:
-        assert state is not None
+    async def _commit_version(self, run_id: str, token: str, version: int, data: bytes,
+                              response_json: str, idempotency_key: str | None) -> None:
         async with _available("commit"):
-            chunks = await self._write_state(run_id, version, state)
+            previous = await self._head(run_id)
+            chunks = await self._write_state(run_id, version, data)
             idem_key = self._run_key(run_id, "idem", idempotency_key or "-")
             committed = await self._commit(
                 keys=[self._run_key(run_id, "lock"), self._run_key(run_id, "head"), idem_key],
-                args=[lock.token, json.dumps({"version": version, "chunks": chunks}),
+                args=[token, json.dumps({"version": version, "chunks": chunks}),
                       response_json if idempotency_key else "", self._idempotency_ttl_s])
             if not committed:
                 raise LockLost(run_id)
-            await self._retire(run_id, version - 1)
+            if previous is not None:
+                await self._retire(run_id, previous)
             await self._redis.publish(self._channel, json.dumps({"run": run_id,
                                                                  "version": version}))
+
+    async def _recorded_response(self, run_id: str, key: str) -> str | None:
+        async with _available("idempotency check"):
+            value = await self._redis.get(self._run_key(run_id, "idem", key))
+        return None if value is None else value.decode()
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -215,13 +223,13 @@ class RedisStore(StateStore):
             await pipe.execute()
         return chunks
 
-    async def _retire(self, run_id: str, version: int) -> None:
-        """Let the superseded version's chunks expire (they are immutable; readers finish)."""
-        if version < 0:
-            return
-        pattern = self._run_key(run_id, "state", version, "*")
-        async for key in self._redis.scan_iter(match=pattern, count=100):
-            await self._redis.expire(key, _OLD_VERSION_TTL_S)
+    async def _retire(self, run_id: str, head: dict[str, int]) -> None:
+        """Let a superseded version's chunks expire (they are immutable; readers finish)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for i in range(head["chunks"]):
+                pipe.expire(self._run_key(run_id, "state", head["version"], i),
+                            _OLD_VERSION_TTL_S)
+            await pipe.execute()
 
     async def _acquire(self, key: str, token: str, run_id: str) -> None:
         loop = asyncio.get_running_loop()
@@ -258,6 +266,23 @@ class RedisStore(StateStore):
                 log.warning("redis notifications interrupted (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+class _RedisTransaction(UpdateTransaction):
+    def __init__(self, store: RedisStore, run_id: str, token: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._token = token
+
+    async def recorded_response(self, key: str) -> str | None:
+        return await self._store._recorded_response(self._run_id, key)
+
+    async def commit(self, version: int, state: StateEncoder, response_json: str,
+                     idempotency_key: str | None) -> bytes:
+        data = await state()
+        await self._store._commit_version(self._run_id, self._token, version, data,
+                                          response_json, idempotency_key)
+        return data
 
 
 @contextlib.asynccontextmanager
