@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# r2m: reward model as a service. Two stages: `build` installs torch + r2m into a venv, `runtime`
-# copies only that venv onto a clean image of the same base and runs it as an unprivileged user.
+# r2m: reward model as a service. `build` installs torch, the dependencies (listed from
+# pyproject.toml by `requirements`) and r2m into a venv; `runtime` copies only that venv onto a
+# clean image of the same base and runs it as an unprivileged user.
 #
 #   docker build -t r2m:cpu .                                   # CPU torch (default)
 #   docker build -t r2m:cuda --build-arg TORCH_VARIANT=cu128 .  # CUDA torch (needs an NVIDIA host)
@@ -15,6 +16,14 @@
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
+# The build stage copies only this list, so an edit elsewhere in pyproject.toml, or to the
+# sources, reuses the layer that installs the dependencies.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /requirements.txt
+
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
@@ -24,16 +33,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv \
  && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# Torch is already satisfied; the versions are pyproject.toml's ranges.
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN pip install -r /tmp/requirements.txt
 WORKDIR /src
-# The service's dependencies, read from pyproject.toml alone, so that a change to the sources
-# reuses this layer (torch is already satisfied). Versions are the ranges in pyproject.toml
-# (DL3013 cannot see them).
-COPY pyproject.toml ./
-# hadolint ignore=DL3013
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /tmp/requirements \
- && pip install -r /tmp/requirements
-COPY setup.py README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proto proto
 COPY client client
 COPY service service

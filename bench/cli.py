@@ -21,7 +21,7 @@ from typing import Any
 from r2m_bench.common import RESULTS_DIR, Headline, write_result
 
 BENCHMARKS = ("efficiency", "overhead", "wire", "batching", "update")
-EXTRA = ("score_latency", "scale_out")
+EXTRA = ("score_latency", "scale_out", "split")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

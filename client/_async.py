@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
 
@@ -92,7 +92,11 @@ class AsyncR2MClient(BaseR2MClient):
         *,
         step: int | None = None,
         min_version: int | None = None,
+        split: bool = False,
     ) -> ScoreResponse:
+        if split:
+            return await self._drive(self._split_score(run_id, prompts, responses,
+                                                       hidden_states, step, min_version))
         batch = score_batch(run_id, prompts, responses, hidden_states, step=step,
                             min_version=min_version)
         return await self._run(self._score_call(batch, await self._request_limits()))
@@ -106,9 +110,27 @@ class AsyncR2MClient(BaseR2MClient):
         step: int | None = None,
         idempotency_key: str | None = None,
         learning_rate: float | None = None,
+        split: bool = False,
     ) -> UpdateResponse:
+        if split:
+            return await self._drive(self._split_update(run_id, groups, pairs, step,
+                                                        idempotency_key, learning_rate))
         return await self._run(self._update_call(run_id, groups, pairs, step, idempotency_key,
                                                  learning_rate))
+
+    async def _drive(self, protocol: Generator[Call[Any], Any, T]) -> T:
+        """Run a multi-phase protocol: each phase's call, its answer (or error) sent back."""
+        try:
+            call = next(protocol)
+            while True:
+                try:
+                    result = await self._run(call)
+                except R2MError as error:
+                    call = protocol.throw(error)
+                else:
+                    call = protocol.send(result)
+        except StopIteration as done:
+            return done.value
 
     async def _run(self, call: Call[T]) -> T:
         """Send the call's requests concurrently; on the first failure cancel the rest."""

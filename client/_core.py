@@ -15,9 +15,9 @@ import json
 import random
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -134,6 +134,26 @@ class BaseR2MClient:
 
     def _retry_delay(self, attempt: int, error: R2MError) -> float | None:
         return self.retry.delay(attempt, error, random.random())
+
+    def _split_score(self, run_id: str, prompts: Sequence[str], responses: Sequence[str],
+                     hidden_states: Sequence[object] | None, step: int | None,
+                     min_version: int | None) -> Generator[Call[Any], Any, ScoreResponse]:
+        """Split mode's score phases (`_split.py`); imported here, so torch is needed only by
+        callers who ask for split mode."""
+        from r2m_client._split import split_score
+
+        return split_score(run_id, prompts, responses, hidden_states or [], step=step,
+                           min_version=min_version, binary=self.binary)
+
+    def _split_update(self, run_id: str, groups: Sequence[Group] | None,
+                      pairs: Sequence[Pair] | None, step: int | None,
+                      idempotency_key: str | None, learning_rate: float | None
+                      ) -> Generator[Call[Any], Any, UpdateResponse]:
+        from r2m_client._split import split_update
+
+        return split_update(run_id, groups=groups, pairs=pairs, step=step,
+                            idempotency_key=idempotency_key, learning_rate=learning_rate,
+                            binary=self.binary)
 
     def _info_call(self) -> Call[InfoResponse]:
         return _single(Request("GET", "/v1/info"), lambda r: _model(InfoResponse, r))

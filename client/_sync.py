@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
 
@@ -116,13 +116,21 @@ class R2MClient(BaseR2MClient):
         *,
         step: int | None = None,
         min_version: int | None = None,
+        split: bool = False,
     ) -> ScoreResponse:
         """Rewards for prompt/response pairs, one per item, in order.
 
         `hidden_states[i]` is the policy's last-layer hidden states [S_i, D_p] for item i (numpy
         float32/float16 or torch float32/float16/bfloat16); an item without them gets the
         backbone-only reward. `min_version` waits until the run has at least that version.
+
+        `split=True` keeps the hidden states here (torch tensors, on their own device): the
+        server sends one vector per item, this process computes the attention's policy side,
+        and only `[D_p]` vectors cross the wire (`r2m_proto.split`); the rewards are the same.
         """
+        if split:
+            return self._drive(self._split_score(run_id, prompts, responses, hidden_states,
+                                                 step, min_version))
         batch = score_batch(run_id, prompts, responses, hidden_states, step=step,
                             min_version=min_version)
         return self._run(self._score_call(batch, self._request_limits()))
@@ -136,18 +144,38 @@ class R2MClient(BaseR2MClient):
         step: int | None = None,
         idempotency_key: str | None = None,
         learning_rate: float | None = None,
+        split: bool = False,
     ) -> UpdateResponse:
         """One optimizer step of the run's R2M module: GREBT on `groups` or BT on `pairs`.
 
         Every try of this call carries the same Idempotency-Key (a fresh uuid4 unless given),
         so a retry after a lost answer cannot apply the step twice. `learning_rate` sets this
         one step's rate instead of the run's (e.g. a fast head fit before slow online updates).
+        `split=True` takes exactly the same step while the hidden states stay here (see
+        `score`).
         """
+        if split:
+            return self._drive(self._split_update(run_id, groups, pairs, step, idempotency_key,
+                                                  learning_rate))
         return self._run(self._update_call(run_id, groups, pairs, step, idempotency_key,
                                            learning_rate))
 
     def _run(self, call: Call[T]) -> T:
         return call.parse([self._send(request) for request in call.requests])
+
+    def _drive(self, protocol: Generator[Call[Any], Any, T]) -> T:
+        """Run a multi-phase protocol: each phase's call, its answer (or error) sent back."""
+        try:
+            call = next(protocol)
+            while True:
+                try:
+                    result = self._run(call)
+                except R2MError as error:
+                    call = protocol.throw(error)
+                else:
+                    call = protocol.send(result)
+        except StopIteration as done:
+            return done.value
 
     def _request_limits(self) -> RequestLimits:
         """The limits score batches split under; the first call that needs them asks the server,

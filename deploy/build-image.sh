@@ -148,9 +148,13 @@ EOF
 
 make_base_image
 serve_torch_index
+previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 started=$SECONDS
 build
 log "built $IMAGE in $((SECONDS - started)) s"
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true  # the image this tag replaced, unless in use
+fi
 if [ "${1:-}" != "--no-check" ]; then
   check
 fi

@@ -62,7 +62,8 @@ def decode_safetensors(
         raise _malformed(f"header length {header_len} exceeds the body ({len(view)} bytes)")
     try:
         header = json.loads(bytes(view[_HEADER_LEN.size:data_start]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the parser's stack (found by fuzzing: was a 500)
         raise _malformed(f"header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise _malformed("header must be a JSON object")

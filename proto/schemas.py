@@ -22,7 +22,10 @@ Step = Annotated[int, Field(ge=0, description="RL step t; sets ω(t). Defaults t
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Fields exactly as documented: no unknown ones, and JSON types as stated (pydantic's lax
+    mode would take `false` for an integer; schemathesis found `min_version: false` served)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RunSettings(_Strict):
@@ -32,19 +35,20 @@ class RunSettings(_Strict):
     total_steps: int = Field(gt=0, description="T, the total number of RL steps.")
     omega_floor: float = Field(0.6, ge=0.0, le=1.0, description="Ω, the floor of ω(t).")
     alpha: float = Field(0.3, ge=0.0, le=1.0, description="α, the GRE weight in GREBT.")
-    learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    learning_rate: FiniteFloat = Field(1e-6, gt=0.0, description="AdamW learning rate.")
+    weight_decay: FiniteFloat = Field(0.0, ge=0.0, description="AdamW weight decay.")
     attention_dim: int | None = Field(None, gt=0, description="d; default min(D_rm, 2048).")
-    seed: int | None = Field(None, description="Seed of the module's initialisation.")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64,  # what torch.manual_seed takes
+                             description="Seed of the module's initialisation.")
     # Guards beyond the paper (service/guards.py); the defaults are the paper's setting.
     init: Literal["default", "zero_o"] = Field(
         "default", description="[choice, beyond the paper] `default`: PyTorch's Linear init for "
         "W_q, W_k, W_v, W_o. `zero_o`: W_o = 0, so until trained the reward is ϕ(ω·H_last), the "
         "static RM's ranking at any ω, with no random feedback branch.")
-    head_learning_rate: float | None = Field(
+    head_learning_rate: FiniteFloat | None = Field(
         None, gt=0.0, description="[beyond the paper] AdamW learning rate of ϕ; `learning_rate` "
         "then applies to W_q, W_k, W_v, W_o only. Default: `learning_rate` for all.")
-    max_grad_norm: float | None = Field(
+    max_grad_norm: FiniteFloat | None = Field(
         None, gt=0.0, description="[beyond the paper] Clip the global gradient norm of the "
         "module to this before each step. Default: no clipping (the paper's).")
 
@@ -153,7 +157,7 @@ class UpdateRequest(_Strict):
     step: Step | None = None
     groups: list[UpdateGroup] | None = Field(None, min_length=1)
     pairs: list[UpdatePair] | None = Field(None, min_length=1)
-    learning_rate: float | None = Field(
+    learning_rate: FiniteFloat | None = Field(
         None, gt=0.0, description="[beyond the paper] This step's learning rate for every "
         "trainable tensor instead of the run's (e.g. fitting ϕ on labelled pairs at step 0, "
         "then online updates at the run's rate). The run's settings do not change.")

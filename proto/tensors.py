@@ -41,7 +41,7 @@ class TensorView:
 class WireTensor(BaseModel):
     """A tensor inlined in a JSON body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # as `schemas._Strict`
 
     dtype: str = Field(description="One of float32, float16, bfloat16.", examples=["bfloat16"])
     shape: list[int] = Field(description="Tensor shape, e.g. [S, D_p].", examples=[[128, 768]])

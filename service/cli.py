@@ -95,6 +95,7 @@ def serve(settings: Settings) -> int:
 
         from r2m_service.backbone import resolve_backbone_path
         from r2m_service.http.app import create_app
+        from r2m_service.http.drain import DrainingServer
     except ImportError as exc:  # the base install is the client only
         print(f"r2m serve needs the service extra: pip install 'r2m[service]' ({exc})",
               file=sys.stderr)
@@ -110,10 +111,11 @@ def serve(settings: Settings) -> int:
         print(f"r2m serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
               file=sys.stderr)
         return 2
-    config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
+    app = create_app(settings)
+    config = uvicorn.Config(app, log_level=settings.log_level,
                             timeout_graceful_shutdown=30, log_config=None,
                             access_log=False)  # logging_setup and the request middleware
-    uvicorn.Server(config).run(sockets=[listener])
+    DrainingServer(config, app.state, settings.drain_s).run(sockets=[listener])
     return 0
 
 

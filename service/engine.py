@@ -32,13 +32,15 @@ from r2m_proto.schemas import (
 from r2m_proto.tensors import TensorView
 from r2m_service.backbone import Backbone, Embedded
 from r2m_service.batching import BatchItem, ScoreJob, ScoreQueue
+from r2m_service.checkpoint_import import checkpoint_weights, load_weights
 from r2m_service.errors import InvalidInput
 from r2m_service.guards import optimizer_step
-from r2m_service.losses import LossTerms, grebt, pairwise_bt
+from r2m_service.losses import LossTerms
 from r2m_service.metrics import LOSS_TERMS, Metrics
 from r2m_service.r2m_module import omega
 from r2m_service.reward_diagnostics import observe_scores
 from r2m_service.run_directory import RunDirectory
+from r2m_service.run_limits import RunLimits
 from r2m_service.runs import Run, build_run
 from r2m_service.samples import (
     Sample,
@@ -67,16 +69,18 @@ class Engine:
                                 interleave=settings.batching)
         self._rte_cache = store.rte_cache
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="r2m-model")
-        self.runs = RunDirectory(store, self._on_model, reward_hidden_size=backbone.hidden_size,
+        self.runs = RunDirectory(store, self.on_model, reward_hidden_size=backbone.hidden_size,
                                  device=backbone.device,
-                                 min_version_wait_s=settings.min_version_wait_s)
+                                 min_version_wait_s=settings.min_version_wait_s,
+                                 limits=RunLimits.from_settings(settings),
+                                 on_forget=metrics.forget_run)
+        metrics.watch_capacity(self.runs, store, settings.bounds())
         self._prep_thread = ThreadPoolExecutor(1, thread_name_prefix="r2m-prep")
         self._batcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._batcher = asyncio.create_task(self._batch_loop(), name="r2m-batcher")
         restored = await self.runs.start()
-        self.metrics.runs.set(len(self.runs))
         if restored:
             log.info("restored %d runs from the state store", restored)
 
@@ -95,7 +99,6 @@ class Engine:
         """(the run, whether it was created now); see `RunDirectory.create`."""
         info, created = await self.runs.create(request, self._build_run)
         if created:
-            self.metrics.runs.set(len(self.runs))
             self.metrics.run_version.labels(info.run_id).set(info.version)
         return info, created
 
@@ -107,21 +110,27 @@ class Engine:
         return (await self.runs.current(run_id)).info()
 
     async def delete_run(self, run_id: str) -> None:
-        await self.runs.delete(run_id)
-        self.metrics.runs.set(len(self.runs))
-        self.metrics.forget_run(run_id)
+        await self.runs.delete(run_id)  # its per-run metrics go with it (`on_forget`)
 
     async def checkpoint(self, run_id: str) -> bytes:
         run = await self.runs.current(run_id)
         async with run.gate.read():
-            return await self._on_model(run.checkpoint)
+            return await self.on_model(run.checkpoint)
+
+    async def import_checkpoint(self, run_id: str, tensors: dict[str, TensorView]) -> RunInfo:
+        """The run at a new version with these weights (checked before the run is locked)."""
+        run = await self.runs.current(run_id)
+        weights = await self.on_model(checkpoint_weights, run, tensors)
+        info = await self.runs.replace(run, lambda current: load_weights(current, weights))
+        self.metrics.run_version.labels(run_id).set(info.version)
+        return info
 
     # ---- score ------------------------------------------------------------------------------
 
     async def score(self, request: ScoreRequest,
                     body_tensors: dict[str, TensorView] | None) -> ScoreResponse:
         run = await self.runs.current(request.run_id, request.min_version)
-        samples = await self._on(self._prep_thread, self._prepare_score, request, run,
+        samples = await self.on_prep(self._prepare_score, request, run,
                                  body_tensors)
         async with run.gate.read():  # version, step and ω of one response belong together
             step = run.step if request.step is None else request.step
@@ -153,7 +162,7 @@ class Engine:
         if not items:
             return
         try:
-            rewards = await self._on_model(self._score_batch, items)
+            rewards = await self.on_model(self._score_batch, items)
         except Exception as exc:
             for job in {item.job for item in items}:
                 if not job.future.done():
@@ -166,7 +175,7 @@ class Engine:
         """One model batch: a backbone pass for the uncached items of every request in it, then
         each run's module over its own items (batched per run and ω)."""
         samples = [item.sample for item in items]
-        backbone_seconds = self._fill_rtes(samples)
+        backbone_seconds = self.fill_rtes(samples)
         started = time.perf_counter()
         rewards = torch.empty(len(items))
         groups: dict[tuple[int, float], list[int]] = defaultdict(list)
@@ -179,7 +188,7 @@ class Engine:
                 rewards[positions] = self._rewards(job.run, chosen, job.omega).float().cpu()
                 observe_scores(job.run, [items[p] for p in positions], rewards[positions],
                                self.metrics)
-        module_seconds = self._observe_module("score", started)
+        module_seconds = self.observe_module("score", started)
         self.metrics.batch_size.observe(len(items))
         if backbone_seconds > 0:
             self.metrics.module_overhead.observe(module_seconds / backbone_seconds)
@@ -190,7 +199,7 @@ class Engine:
     async def update(self, request: UpdateRequest, body_tensors: dict[str, TensorView] | None,
                      idempotency_key: str | None) -> UpdateResponse:
         run = await self.runs.current(request.run_id)
-        batch = await self._on(self._prep_thread, self._prepare_update, request, run,
+        batch = await self.on_prep(self._prepare_update, request, run,
                                body_tensors)
         response = await self.runs.update(
             run, idempotency_key,
@@ -207,19 +216,27 @@ class Engine:
         """One optimizer step. Nothing about the run changes unless every check passed."""
         step = run.step if step is None else step
         omega_t = omega(step, run.config.total_steps, run.config.omega_floor)
-        self._fill_rtes(batch.samples)
+        self.fill_rtes(batch.samples)
         started = time.perf_counter()
         rewards = self._rewards(run, batch.samples, omega_t)
-        terms = _objective(rewards, batch, run.config.alpha)
+        terms = batch.loss_terms(rewards, run.config.alpha)
+        return self.take_step(run, step, omega_t, terms, learning_rate, started)
+
+    def take_step(self, run: Run, step: int, omega_t: float, terms: LossTerms,
+                  learning_rate: float | None, started: float,
+                  surrogate: torch.Tensor | None = None) -> UpdateResponse:
+        """Backward, step, advance: the end of every update (full and split mode). A non-finite
+        loss changes nothing. `surrogate` adds gradient paths the loss cannot see (split mode's
+        u·∂L/∂u), without entering the reported loss."""
         if not bool(torch.isfinite(terms.loss)):
             raise InvalidInput("the loss is not finite for this batch; the run was not changed",
                                "body")
         run.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        (terms.loss if surrogate is None else terms.loss + surrogate).backward()
         grad_norm = optimizer_step(run.optimizer, run.module, run.config.max_grad_norm,
                                    learning_rate)
         run.advance(step)
-        self._observe_module("update", started)
+        self.observe_module("update", started)
         return UpdateResponse(
             version=run.version, step=run.step, loss=terms.loss.item(),
             bt_loss=terms.bt_loss.item(),
@@ -239,7 +256,7 @@ class Engine:
         prepare(batch.samples, self.backbone, self._rte_cache)
         return batch
 
-    def _fill_rtes(self, samples: Sequence[Sample]) -> float:
+    def fill_rtes(self, samples: Sequence[Sample]) -> float:
         """Backbone pass for samples without an RTE (each distinct text once); cache them.
         Returns the backbone's seconds."""
         hits = sum(s.rte is not None for s in samples)
@@ -279,7 +296,7 @@ class Engine:
             self.metrics.batch_tokens.observe(forward.padded_tokens)
             self.metrics.backbone_duration.observe(forward.seconds)
 
-    def _observe_module(self, phase: str, started: float) -> float:
+    def observe_module(self, phase: str, started: float) -> float:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
         seconds = time.perf_counter() - started
@@ -289,14 +306,11 @@ class Engine:
     async def _on(self, thread: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
 
-    async def _on_model(self, fn: Callable[..., T], *args: object) -> T:
+    async def on_prep(self, fn: Callable[..., T], *args: object) -> T:
+        """Run on the preparation thread: request checks, cache lookups, tokenizing."""
+        return await self._on(self._prep_thread, fn, *args)
+
+    async def on_model(self, fn: Callable[..., T], *args: object) -> T:
+        """Run on the model thread, where all torch work on runs happens."""
         return await self._on(self._model_thread, fn, *args)
 
-
-def _objective(rewards: torch.Tensor, batch: UpdateBatch, alpha: float) -> LossTerms:
-    if batch.group_sizes is None:  # pairs: chosen, rejected interleaved
-        return pairwise_bt(rewards[0::2], rewards[1::2])
-    groups = list(torch.split(rewards, batch.group_sizes))
-    chosen_by = [g.detach() if labels is None else labels
-                 for g, labels in zip(groups, batch.labels or [], strict=True)]
-    return grebt(groups, chosen_by, alpha)

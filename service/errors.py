@@ -45,6 +45,15 @@ class VersionNotReached(ServiceError):
                          f"reached within {waited_s:g}s", "min_version")
 
 
+class VersionConflict(ServiceError):
+    """A split-mode phase computed at a version the run has moved past: start again from the
+    query phase."""
+
+    def __init__(self, run_id: str, version: int, phase_version: int) -> None:
+        super().__init__(f"run {run_id} is at version {version}, not {phase_version} as in the "
+                         "query phase; restart from /v1/split/query", "version")
+
+
 class RetryLater(ServiceError):
     """A refusal that passes: the caller should retry after `retry_after_s` (None: not soon)."""
 
@@ -59,6 +68,14 @@ class Overloaded(RetryLater):
     def __init__(self, queued: int, limit: int, retry_after_s: int = 1) -> None:
         super().__init__(f"the score queue is full ({queued} items queued, limit {limit}); retry "
                          f"after {retry_after_s}s", retry_after_s)
+
+
+class CapacityExceeded(RetryLater):
+    """This process holds as many runs, or run bytes, as its settings allow and none can be
+    evicted to the store (it keeps no copy, or every run is in use)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=5)
 
 
 class Unavailable(RetryLater):

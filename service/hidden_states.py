@@ -50,6 +50,17 @@ class HiddenStateResolver:
             raise InvalidInput("hidden states contain NaN or Inf", field)
         return tensor
 
+    def resolve_vector(self, value: TensorField, field: str) -> torch.Tensor:
+        """A checked `[D_p]` vector (split mode's contexts and query gradients)."""
+        view = self._view(value, field)
+        if view.shape != (self.policy_hidden_size,):
+            raise InvalidInput(f"expected a vector [D_p={self.policy_hidden_size}], got shape "
+                               f"{list(view.shape)}", field)
+        tensor = to_torch(view)
+        if not _all_finite(tensor):
+            raise InvalidInput("vector contains NaN or Inf", field)
+        return tensor
+
     def check_all_used(self) -> None:
         unused = sorted(set(self._body or ()) - self._used)
         if unused:

@@ -7,8 +7,12 @@ its registry, so several apps can live in one process (tests) without clashing.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping, Sized
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 DURATION_BUCKETS = tuple(1.5e-5 * 1.5**i for i in range(35))
 LOSS_TERMS = ("loss", "bt_loss", "gre_loss")
@@ -82,6 +86,19 @@ class Metrics:
             "r2m_request_body_bytes", "Request body size.", ["route"],
             buckets=tuple(float(4**i) for i in range(4, 16)), registry=r)
 
+    def watch_capacity(self, runs: Sized, store: Any, limits: Mapping[str, float]) -> None:
+        """Gauges read at scrape time: runs held, their state bytes and the store's bytes in
+        this process (`StateStore.usage`), next to the settings that bound each."""
+        self.runs.set_function(lambda: len(runs))
+        Gauge("r2m_run_state_bytes", "State bytes of the runs held (bounded by "
+              "runs_memory_bytes).", registry=self.registry).set_function(
+                  lambda: runs.held_bytes)  # type: ignore[attr-defined]
+        self.registry.register(_UsageCollector(store))
+        limit = Gauge("r2m_limit", "The settings that bound what grows with traffic, by "
+                      "setting.", ["setting"], registry=self.registry)
+        for name, value in limits.items():
+            limit.labels(name).set(value)
+
     def forget_run(self, run_id: str) -> None:
         """Drop a deleted run's labelled series so /metrics does not grow without bound."""
         series = [(self.run_version, (run_id,))]
@@ -94,3 +111,17 @@ class Metrics:
         for metric, labels in series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)
+
+
+class _UsageCollector(Collector):
+    """`r2m_store_bytes{kind}` from the store's own count at each scrape."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("r2m_store_bytes", "Bytes this process holds for the state "
+                                   "store, by kind (rte_cache, idempotency).", labels=["kind"])
+        for kind, value in self._store.usage().items():
+            family.add_metric([kind], value)
+        yield family

@@ -92,6 +92,20 @@ class R2MModule(nn.Module):
             contexts.append(weights @ states)
         return self.o_proj(self.v_proj(torch.stack(contexts)))
 
+    def policy_query(self, rte: torch.Tensor) -> torch.Tensor:
+        """u = W_kᵀ q / √d `[B, D_p]`: the query carried into the policy's space, so that the
+        attention logits are h·u. Split mode ships u to where h lives (see `proto/split.py`)."""
+        return self.q_proj(rte) @ self.k_proj.weight / math.sqrt(self.attention_dim)
+
+    def forward_from_context(self, rte: torch.Tensor, context: torch.Tensor,
+                             omega_t: float) -> torch.Tensor:
+        """Rewards `[B]` from the attention contexts c = Σ_s a_s h_s `[B, D_p]` computed where
+        the hidden states live: the same function as `forward`, since Ĥ = W_o W_v c."""
+        if omega_t >= 1.0:
+            return self.score(rte).squeeze(-1)
+        fused = (1.0 - omega_t) * self.o_proj(self.v_proj(context)) + omega_t * rte
+        return self.score(fused).squeeze(-1)
+
     def forward(self, rte: torch.Tensor, hidden: Sequence[torch.Tensor] | None,
                 omega_t: float) -> torch.Tensor:
         """Rewards `[B]`. Without hidden states this is ϕ(H_last): the backbone-only reward."""

@@ -27,17 +27,33 @@ def rte_key(backbone_identity: str, prompt: str, response: str) -> str:
 class RTECache(Protocol):
     """Sync interface: used from the preparation and model threads, never the event loop."""
 
+    @property
+    def bytes(self) -> int:
+        """What this process holds (bounded by `rte_cache_bytes`)."""
+
     def get_many(self, keys: Sequence[str]) -> list[torch.Tensor | None]: ...
 
     def put_many(self, keys: Sequence[str], values: Sequence[torch.Tensor]) -> None: ...
 
 
-class LRUCache:
-    """Bounded in-process RTE cache, read on the preparation thread and written on the model
-    thread (hence the lock; each call holds it for microseconds)."""
+# Bytes an entry costs beyond its tensor's data: the tensor object, its storage, the 40-char key
+# and the dict slot (measured with tracemalloc: ~420 bytes).
+ENTRY_OVERHEAD_BYTES = 512
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+
+def entry_bytes(value: torch.Tensor) -> int:
+    return value.numel() * value.element_size() + ENTRY_OVERHEAD_BYTES
+
+
+class LRUCache:
+    """In-process RTE cache bounded by bytes (an entry's size is D_rm × 4 plus overhead, so a
+    count would mean 1.5 KB per entry on MiniLM and 16 KB on a 4096-wide RM). Read on the
+    preparation thread and written on the model thread (hence the lock; each call holds it for
+    microseconds)."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -52,14 +68,27 @@ class LRUCache:
         return found
 
     def put_many(self, keys: Sequence[str], values: Sequence[torch.Tensor]) -> None:
-        if self.capacity == 0:
-            return
         with self._lock:
             for key, value in zip(keys, values, strict=True):
-                self._entries[key] = value
-                self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+                size = entry_bytes(value)
+                if size > self.capacity_bytes:
+                    continue
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self.bytes -= entry_bytes(old)
+                self._entries[key] = _own_storage(value)
+                self.bytes += size
+            while self.bytes > self.capacity_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.bytes -= entry_bytes(evicted)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _own_storage(value: torch.Tensor) -> torch.Tensor:
+    """A row of a batch's output is a view that would keep the whole batch alive: the cache
+    holds a copy of just the row, so its byte count is what it really pins."""
+    if value.untyped_storage().nbytes() > value.numel() * value.element_size():
+        return value.clone()
+    return value

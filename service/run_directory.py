@@ -6,7 +6,12 @@ and reloads when it is behind, and `min_version` waits on the store's version no
 (read-your-writes). If the store is unreachable, runs already loaded keep serving; unknown ones
 answer 503. An update is one cycle here — catch up with the store, replay a recorded idempotent
 answer, apply, commit fenced by the update lock, roll back if the commit fails — so no other
-module mutates a run's state or talks to the store about it.
+module mutates a run's state or talks to the store about it. A checkpoint import is the same
+cycle with another change in the middle.
+
+The table is bounded: by run count and by the runs' state bytes (`RunLimits`). Past either, the
+least recently used runs are dropped from this process when the store keeps their state (they
+load again on next use); otherwise a new run is refused (429).
 """
 
 from __future__ import annotations
@@ -14,22 +19,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import torch
 
 from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo, UpdateResponse
 from r2m_service.errors import (
+    CapacityExceeded,
     RunExists,
     RunNotFound,
     ServiceError,
     StoreUnavailable,
     VersionNotReached,
 )
+from r2m_service.run_limits import RunLimits, state_bytes
 from r2m_service.run_state import apply_state, decode_run, encode_run, restore_run
 from r2m_service.runs import Run, matches, new_run_id, resolve_config
-from r2m_service.state import RunIdTaken, StateEncoder, StateStore
+from r2m_service.state import RunIdTaken, StateEncoder, StateStore, UpdateTransaction
 
 T = TypeVar("T")
 ModelThread = Callable[..., Awaitable[Any]]
@@ -42,13 +50,17 @@ _RECHECK_S = 0.25
 class RunDirectory:
     def __init__(self, store: StateStore, on_model_thread: ModelThread, *,
                  reward_hidden_size: int, device: torch.device,
-                 min_version_wait_s: float) -> None:
+                 min_version_wait_s: float, limits: RunLimits | None = None,
+                 on_forget: Callable[[str], None] = lambda run_id: None) -> None:
         self.store = store
         self._on_model_thread = on_model_thread
         self._reward_hidden_size = reward_hidden_size
         self._device = device
         self._min_version_wait_s = min_version_wait_s
-        self._runs: dict[str, Run] = {}
+        self.limits = limits or RunLimits.from_settings()
+        self._on_forget = on_forget  # a run left this process: drop what is kept per run
+        self._runs: OrderedDict[str, Run] = OrderedDict()  # least recently used first
+        self._reserved: list[int] = []  # state bytes of runs being built or loaded now
         self._loading: dict[str, asyncio.Task[Run]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._creating = asyncio.Lock()
@@ -57,6 +69,11 @@ class RunDirectory:
 
     def __len__(self) -> int:
         return len(self._runs)
+
+    @property
+    def held_bytes(self) -> int:
+        """State bytes of the runs this process holds (bounded by `runs_memory_bytes`)."""
+        return sum(self._size(run.config) for run in self._runs.values())
 
     async def start(self) -> int:
         """Subscribe to the store's notifications; load the runs it keeps for this process."""
@@ -78,18 +95,19 @@ class RunDirectory:
             if existing is not None:
                 return _same_settings(request, existing), False
         config = resolve_config(request, self._reward_hidden_size)
-        run = await self._on_model_thread(build, request.run_id or new_run_id(), config)
-        async with self._creating:
-            try:
-                if run.run_id in self._runs:
-                    raise RunIdTaken(run.run_id)
-                run.committed_state = await self.store.create(run.run_id, self._encoder(run))
-            except RunIdTaken:  # created concurrently under the same id (here or elsewhere)
-                existing = await self._find(run.run_id)
-                if existing is None:  # its creator has claimed the id but not finished yet
-                    raise RunExists(run.run_id, "is being created; retry shortly") from None
-                return _same_settings(request, existing), False
-            self._runs[run.run_id] = run
+        async with self._room(self.limits.check(config, self._reward_hidden_size)):
+            run = await self._on_model_thread(build, request.run_id or new_run_id(), config)
+            async with self._creating:
+                try:
+                    if run.run_id in self._runs:
+                        raise RunIdTaken(run.run_id)
+                    await self.store.create(run.run_id, self._encoder(run))
+                except RunIdTaken:  # created concurrently under the same id (here or elsewhere)
+                    existing = await self._find(run.run_id)
+                    if existing is None:  # its creator has claimed the id but not finished yet
+                        raise RunExists(run.run_id, "is being created; retry shortly") from None
+                    return _same_settings(request, existing), False
+                self._runs[run.run_id] = run
         return run.info(), True
 
     async def delete(self, run_id: str) -> None:
@@ -110,43 +128,64 @@ class RunDirectory:
             return run  # serve what this replica has until the store is back
         if run is None or run.version < latest:
             run = await self._refresh(run_id)
+        if run_id in self._runs:
+            self._runs.move_to_end(run_id)
         return run
 
     # ---- update -------------------------------------------------------------------------------
 
     async def update(self, run: Run, idempotency_key: str | None,
                      train: Callable[[Run], UpdateResponse]) -> UpdateResponse:
-        """One update, whole: under the run's write gate and the store's update lock, catch up
-        with a version another replica committed, answer a replayed idempotency key with the
-        recorded response, else `train` (on the model thread: one optimizer step that changes
-        nothing unless it succeeds) and commit; a failed commit rolls the run back."""
-        async with run.gate.write(), self.store.transaction(run.run_id) as transaction:
-            await self._catch_up(run)
+        """One update, whole: catch up (see `_cycle`), answer a replayed idempotency key with
+        the recorded response, else `train` (on the model thread: one optimizer step that
+        changes nothing unless it succeeds) and commit."""
+        async with self._cycle(run) as transaction:
             if idempotency_key is not None:
                 recorded = await transaction.recorded_response(idempotency_key)
                 if recorded is not None:
                     return UpdateResponse.model_validate_json(recorded)
             response = await self._on_model_thread(train, run)
-            try:
-                committed = await transaction.commit(run.version, self._encoder(run),
-                                                     response.model_dump_json(), idempotency_key)
-            except BaseException:
-                await self._roll_back(run)
-                raise
-            run.committed_state = committed
+            await self._commit(run, transaction, response.model_dump_json(), idempotency_key)
         return response
 
-    async def _catch_up(self, run: Run) -> None:
-        latest = await self._head(run.run_id)
-        if latest > run.version:
-            await self._apply(run, await self._fetch(run.run_id))
+    async def replace(self, run: Run, change: Callable[[Run], None]) -> RunInfo:
+        """A new version made by `change` (on the model thread; it raises before changing
+        anything it refuses, and advances the version), e.g. loading a checkpoint: the same
+        lock, catch-up, fenced commit and roll-back as an update."""
+        async with self._cycle(run) as transaction:
+            await self._on_model_thread(change, run)
+            await self._commit(run, transaction, "", None)
+            return run.info()
+
+    @contextlib.asynccontextmanager
+    async def _cycle(self, run: Run) -> AsyncIterator[UpdateTransaction]:
+        """Under the run's write gate and the store's update lock, at the store's version."""
+        async with run.gate.write(), self.store.transaction(run.run_id) as transaction:
+            latest = await self._head(run.run_id)
+            if latest > run.version:
+                await self._apply(run, await self._fetch(run.run_id))
+            yield transaction
+
+    async def _commit(self, run: Run, transaction: UpdateTransaction, response_json: str,
+                      idempotency_key: str | None) -> None:
+        try:
+            await transaction.commit(run.version, self._encoder(run), response_json,
+                                     idempotency_key)
+        except BaseException:
+            await self._roll_back(run)
+            raise
 
     async def _roll_back(self, run: Run) -> None:
-        if run.committed_state is None:  # only stores whose commit cannot fail keep no bytes
-            log.error("run %s cannot be rolled back: its store keeps no state", run.run_id)
-            return
-        state = decode_run(run.committed_state)
-        await self._on_model_thread(apply_state, run, state)
+        """Back to the store's version after a failed commit: reload it into the run in place,
+        or — the store unreachable too — drop the run from this process, so that it loads again
+        once the store answers. (A store that keeps no copy cannot fail a commit.)"""
+        try:
+            state = await self._on_model_thread(decode_run, await self._fetch(run.run_id))
+            await self._on_model_thread(apply_state, run, state)
+        except (StoreUnavailable, RunNotFound):
+            log.warning("run %s: the failed commit could not be rolled back in place; it "
+                        "reloads from the store on next use", run.run_id)
+            self._forget(run.run_id)
 
     def _encoder(self, run: Run) -> StateEncoder:
         async def encode() -> bytes:
@@ -202,10 +241,10 @@ class RunDirectory:
         run = self._runs.get(run_id)
         if run is None:
             state = await self._on_model_thread(decode_run, data)
-            run = await self._on_model_thread(restore_run, state, self._reward_hidden_size,
-                                              self._device)
-            run.committed_state = bytes(data)
-            self._runs[run_id] = run
+            async with self._room(self._size(state.config)):
+                run = await self._on_model_thread(restore_run, state, self._reward_hidden_size,
+                                                  self._device)
+                self._runs[run_id] = run
             return run
         async with run.gate.write():
             await self._apply(run, data)
@@ -215,7 +254,36 @@ class RunDirectory:
         state = await self._on_model_thread(decode_run, data)
         if state.version > run.version:
             await self._on_model_thread(apply_state, run, state)
-            run.committed_state = bytes(data)
+
+    # ---- capacity -----------------------------------------------------------------------------
+
+    def _size(self, config: RunConfig) -> int:
+        return state_bytes(config, self._reward_hidden_size)
+
+    @contextlib.asynccontextmanager
+    async def _room(self, size: int) -> AsyncIterator[None]:
+        """Room for one more run of `size` bytes, kept while it is built or loaded (concurrent
+        arrivals cannot overshoot the budget together): evict least recently used runs that
+        the store can bring back, else `CapacityExceeded`."""
+        limits = self.limits
+        while (len(self._runs) + len(self._reserved) >= limits.max_runs
+               or self.held_bytes + sum(self._reserved) + size > limits.runs_memory_bytes):
+            if not self.store.keeps_state or not self._runs:
+                raise CapacityExceeded(
+                    f"this server holds {len(self._runs)} runs of {self.held_bytes} state bytes "
+                    f"and cannot add one of {size} bytes within its limits max_runs = "
+                    f"{limits.max_runs} and runs_memory_bytes = {limits.runs_memory_bytes} "
+                    "(no run can be evicted: the store keeps no copy, or the room is being "
+                    "taken by runs loading now); delete a run or raise the limits")
+            evicted = next(iter(self._runs))
+            log.info("run %s evicted from this process (least recently used); it reloads from "
+                     "the store on next use", evicted)
+            self._forget(evicted)
+        self._reserved.append(size)
+        try:
+            yield
+        finally:
+            self._reserved.remove(size)
 
     async def _find(self, run_id: str) -> Run | None:
         try:
@@ -238,7 +306,8 @@ class RunDirectory:
         return data
 
     def _forget(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
+        if self._runs.pop(run_id, None) is not None:
+            self._on_forget(run_id)
 
 
 def _same_settings(request: CreateRunRequest, run: Run) -> RunInfo:

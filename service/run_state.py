@@ -15,7 +15,7 @@ import torch
 from r2m_proto.schemas import RunConfig
 from r2m_service.r2m_module import TRAINABLE_TENSORS
 from r2m_service.runs import Run, build_run
-from r2m_service.tensor_files import dump_tensors, load_tensors
+from r2m_service.tensor_files import load_tensors, tensor_buffers
 
 STATE_FORMAT = "r2m-state-v1"
 _OPTIMIZER_PREFIX = "optimizer/"
@@ -31,7 +31,9 @@ class RunState:
     tensors: dict[str, torch.Tensor]
 
 
-def encode_run(run: Run) -> bytes:
+def encode_run(run: Run) -> list[memoryview | bytes]:
+    """The state as buffers over the run's own tensors (no copy): write them out before the run
+    changes again, i.e. inside its write gate."""
     tensors = dict(run.module.state_dict())
     names = {p: n for n, p in run.module.named_parameters()}
     for param, moments in run.optimizer.state.items():
@@ -40,7 +42,7 @@ def encode_run(run: Run) -> bytes:
     metadata = {"format": STATE_FORMAT, "run_id": run.run_id, "step": str(run.step),
                 "version": str(run.version), "config": run.config.model_dump_json(),
                 "backbone_identity": run.backbone_identity}
-    return dump_tensors(tensors, metadata)
+    return tensor_buffers(tensors, metadata)
 
 
 def decode_run(data: bytes | bytearray) -> RunState:

@@ -33,9 +33,6 @@ class Run:
     step: int = 0
     version: int = 0
     gate: RunGate = field(default_factory=RunGate)
-    # the state bytes of the last committed version (persistent stores): a failed commit rolls
-    # the in-memory run back to them
-    committed_state: bytes | None = field(default=None, repr=False)
     diagnostics: RunDiagnostics = field(default_factory=RunDiagnostics, repr=False)
 
     def advance(self, step: int) -> None:

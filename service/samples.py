@@ -16,6 +16,7 @@ from r2m_proto.schemas import ScoreRequest, UpdateRequest
 from r2m_proto.tensors import TensorView
 from r2m_service.backbone import Backbone
 from r2m_service.hidden_states import HiddenStateResolver
+from r2m_service.losses import LossTerms, grebt, pairwise_bt
 from r2m_service.rte_cache import LRUCache, rte_key
 from r2m_service.text_format import Encoded, TextPair
 
@@ -36,6 +37,17 @@ class UpdateBatch:
     samples: list[Sample]
     labels: list[torch.Tensor | None] | None  # per group: scores that pick winner and loser
     group_sizes: list[int] | None  # None for pairs
+
+    def loss_terms(self, rewards: torch.Tensor, alpha: float) -> LossTerms:
+        """The update's objective over `rewards` in sample order: BT over labelled pairs, or
+        GREBT over groups (winner and loser picked by the annotation scores, else by the
+        rewards themselves)."""
+        if self.group_sizes is None:  # pairs: chosen, rejected interleaved
+            return pairwise_bt(rewards[0::2], rewards[1::2])
+        groups = list(torch.split(rewards, self.group_sizes))
+        chosen_by = [g.detach() if labels is None else labels
+                     for g, labels in zip(groups, self.labels or [], strict=True)]
+        return grebt(groups, chosen_by, alpha)
 
 
 def prepare(samples: list[Sample], backbone: Backbone, cache: LRUCache) -> list[Sample]:

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from r2m_proto.schemas import RUN_ID_PATTERN
+
 DTypeName = Literal["float32", "float16", "bfloat16"]
 
 MiB = 1024 * 1024
@@ -37,20 +39,55 @@ class Settings(BaseSettings):
     batching: bool = Field(
         True, description="Coalesce concurrent score requests into shared model batches.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads.")
-    rte_cache_size: int = Field(65536, ge=0, description="In-process RTE cache entries (LRU).")
+    rte_cache_bytes: int = Field(
+        256 * MiB, ge=0, description="Bytes of reward-token embeddings kept in this process "
+                                     "(LRU), so /update skips the backbone.")
     idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="How long update keys live.")
+    idempotency_bytes: int = Field(
+        64 * MiB, gt=0, description="In-process store: bytes of recorded update answers kept "
+                                    "for Idempotency-Key replays (oldest dropped first).")
+    max_policy_hidden_size: int = Field(
+        16384, gt=0, description="Largest D_p a run may ask for (422 past it).")
+    max_attention_dim: int = Field(
+        4096, gt=0, description="Largest d a run may ask for (422 past it).")
+    max_total_steps: int = Field(
+        100_000_000, gt=0, description="Largest T (total_steps) a run may ask for.")
+    max_run_bytes: int = Field(
+        4096 * MiB, gt=0, description="Largest state one run may hold: parameters × 16 bytes "
+                                      "(float32 weights, gradients, two AdamW moments).")
+    runs_memory_bytes: int = Field(
+        8192 * MiB, gt=0, description="State bytes all runs held by this process may take; "
+        "past it idle runs are evicted to the store (least recently used first), or a new run "
+        "gets 429 when the store keeps no copy.")
+    max_runs: int = Field(
+        1024, gt=0, description="Runs held by this process; past it idle runs are evicted to "
+                                "the store (LRU), or a new run gets 429.")
+    retained_versions: int = Field(
+        2, ge=1, description="Versions of a run the store keeps (the current one and older "
+                             "ones that replicas may still be reading).")
+    checkpoint_fsync: bool = Field(
+        True, description="fsync each state file written to --checkpoint-dir before its "
+                          "version commits (durable against a machine crash, not just a "
+                          "process crash).")
+    drain_s: float = Field(
+        5.0, ge=0, description="On SIGTERM: answer /readyz 503 for this long (so load "
+                               "balancers stop sending) before draining in-flight requests.")
     redis_url: str | None = Field(
         None, description="Share runs, the RTE cache and idempotency keys through Redis "
                           "(e.g. redis://127.0.0.1:6379/0), so N replicas serve the same runs.")
     redis_prefix: str = Field("r2m", description="Key prefix: several deployments, one Redis.")
     checkpoint_dir: str | None = Field(
-        None, description="In-process store only: write each run version here and reload "
-                          "the runs at start.")
+        None, description="Write each run version here as a file. In-process store: reload "
+                          "the runs from it at start. With Redis: a directory all replicas "
+                          "share, Redis keeps only the fenced head pointing at the files.")
     lock_lease_s: float = Field(
         30.0, gt=0, description="Lease of a run's update lock; a crashed holder frees it then.")
     min_version_wait_s: float = Field(
         5.0, ge=0, description="How long /v1/score waits for `min_version` before 409.")
     rte_ttl_s: float = Field(24 * 3600, gt=0, description="Lifetime of RTEs cached in Redis.")
+    get_reward_run_id: str | None = Field(
+        None, pattern=RUN_ID_PATTERN, description="Run whose reward ϕ(H_last) POST /get_reward "
+        "(OpenRLHF) serves when its URL names none; unset: the backbone-only reward.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Least severe log level written.")
     log_format: Literal["auto", "json", "text"] = Field(
@@ -69,6 +106,12 @@ class Settings(BaseSettings):
     def _lower_case_level(cls, value: object) -> object:
         """`R2M_LOG_LEVEL=INFO` means what `info` means."""
         return value.lower() if isinstance(value, str) else value
+
+    def bounds(self) -> dict[str, float]:
+        """The settings that bound what grows with traffic (metric `r2m_limit`)."""
+        return {name: getattr(self, name) for name in (
+            "rte_cache_bytes", "idempotency_bytes", "runs_memory_bytes", "max_runs",
+            "max_run_bytes", "retained_versions", "max_queued_items", "max_body_bytes")}
 
     def public(self) -> dict[str, object]:
         """The settings as `/v1/info` shows them: key lines hidden, a Redis password masked."""

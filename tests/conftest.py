@@ -45,8 +45,10 @@ Server = LocalServer
 
 
 def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None) -> Server:
-    """`r2m serve` with one torch thread (two cores are shared by the whole suite)."""
-    return start_local_server(log_dir, *args, env={"R2M_TORCH_THREADS": "1", **(env or {})})
+    """`r2m serve` with one torch thread (two cores are shared by the whole suite), stopping
+    at once on SIGTERM (no drain phase: no balancer is in front)."""
+    return start_local_server(log_dir, *args, env={"R2M_TORCH_THREADS": "1", "R2M_DRAIN_S": "0",
+                                                   **(env or {})})
 
 
 @pytest.fixture(scope="session")

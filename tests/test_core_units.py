@@ -135,7 +135,7 @@ async def _inline(fn: Callable[..., object], *args: object) -> object:
 
 
 def _directory(checkpoint_dir: Path | None = None) -> RunDirectory:
-    store = MemoryStore(rte_cache_size=0, idempotency_ttl_s=60,
+    store = MemoryStore(rte_cache_bytes=0, idempotency_ttl_s=60,
                         checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
     return RunDirectory(store, _inline, reward_hidden_size=D_RM, device=torch.device("cpu"),
                         min_version_wait_s=0.0)
@@ -201,6 +201,7 @@ def test_a_failed_commit_rolls_the_run_back(tmp_path: Path) -> None:
             await runs.update(run, "lost", _step)
         checkpoints.unlink()
         (tmp_path / "elsewhere").rename(checkpoints)
+        run = await runs.current("unit")  # reloaded from the store's version (it was unreadable)
         assert run.version == 1 and run.step == 1
         assert all(torch.equal(committed[n], v) for n, v in _weights(run).items())
         restored = run.optimizer.state_dict()["state"][0]

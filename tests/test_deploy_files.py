@@ -1,9 +1,9 @@
 """The shipped deployment files are valid and complete, checked by the tools that will run them.
 
-No Docker engine here, so the image is never built; instead the Dockerfile is linted (hadolint)
-and its structure asserted, its build context is checked to hold everything `pip install .`
-needs, and the Compose file goes through Compose's own loader and schema (`docker-compose
-config`) before every file it mounts is checked to exist.
+The image itself is built and run by tests/test_image.py (podman); here the Dockerfile is linted
+(hadolint) and its structure asserted, its build context is checked to hold everything
+`pip install .` needs, and the Compose file goes through Compose's own loader and schema
+(`docker-compose config`) before every file it mounts is checked to exist.
 """
 
 from __future__ import annotations
@@ -269,6 +269,11 @@ def _stages(parser: DockerfileParser) -> list[list[dict[str, Any]]]:
     return stages
 
 
+def _stage(parser: DockerfileParser, name: str) -> list[dict[str, Any]]:
+    return next(stage for stage in _stages(parser)
+                if stage[0]["value"].split()[-2:] == ["AS", name])
+
+
 def _one(stage: list[dict[str, Any]], name: str) -> str:
     found = [i["value"] for i in stage if i["instruction"] == name]
     assert len(found) == 1, f"expected one {name} in the final stage, got {found}"
@@ -304,12 +309,15 @@ def test_dockerfile_healthcheck_entrypoint_and_stop_signal(
 
 
 def test_torch_index_follows_the_build_argument(dockerfile: DockerfileParser) -> None:
-    build = _stages(dockerfile)[0]
+    """PyTorch's index for TORCH_VARIANT by default; TORCH_INDEX_URL replaces it (a mirror, or
+    the local index deploy/build-image.sh serves)."""
+    build = _stage(dockerfile, "build")
     args = dict(i["value"].split("=", 1) for i in build if i["instruction"] == "ARG")
     assert args["TORCH_VARIANT"] == "cpu"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
     torch_install = next(i["value"] for i in build
                          if i["instruction"] == "RUN" and "torch==" in i["value"])
-    assert "https://download.pytorch.org/whl/${TORCH_VARIANT}" in torch_install
+    assert '--index-url "${TORCH_INDEX_URL}"' in torch_install
 
 
 def test_build_context_holds_every_source_pip_needs(dockerfile: DockerfileParser) -> None:
@@ -318,7 +326,7 @@ def test_build_context_holds_every_source_pip_needs(dockerfile: DockerfileParser
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = set(package_dirs().values()) | {"pyproject.toml", "setup.py"}
     needed.add(pyproject["project"]["readme"])
-    build = _stages(dockerfile)[0]
+    build = _stage(dockerfile, "build")
     copied = {src for i in build if i["instruction"] == "COPY" and "--from" not in i["value"]
               for src in i["value"].split()[:-1]}
     allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()

@@ -21,11 +21,10 @@ import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
-from dockerfile_parse import DockerfileParser
 
 from r2m_service.metrics import Metrics
 from r2m_service.settings import Settings
-from tests.deploy_tools import DEPLOY, ROOT, run, tool
+from tests.deploy_tools import DEPLOY, image_uid, run, tool
 
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")
@@ -169,9 +168,6 @@ def test_termination_grace_covers_the_prestop_and_the_drain(
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
 def test_pods_run_locked_down_as_the_images_user(
         rendered: dict[Variant, list[Resource]], variant: Variant) -> None:
-    dockerfile = DockerfileParser(fileobj=(ROOT / "Dockerfile").open("rb"))
-    image_uid = int(next(i["value"] for i in reversed(dockerfile.structure)
-                         if i["instruction"] == "USER").split(":")[0])
     for workload in (r for r in rendered[variant] if r["kind"] in ("Deployment", "StatefulSet")):
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -184,7 +180,7 @@ def test_pods_run_locked_down_as_the_images_user(
             assert context["capabilities"]["drop"] == ["ALL"]
             assert "memory" in container["resources"]["limits"]
     deployment, container = _server(rendered[variant])
-    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == image_uid
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == image_uid()
     assert "emptyDir" in _volume(deployment, _mount(container, "/tmp")["name"])
 
 

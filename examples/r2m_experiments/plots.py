@@ -108,7 +108,8 @@ def plot_frontier(records: Records, path: Path) -> Path:
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("KL to the SFT reference (nats, symlog)", fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[1]:  # a run of a few arms may draw none here
+            ax.legend(fontsize=6)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("gold reward", fontsize=8)
     fig.suptitle(f"Gold-vs-KL frontier: seed means, trailing {SMOOTHING}-step average; dots: "
@@ -132,8 +133,9 @@ def _lines(records: Records, path: Path, panels: Sequence[tuple[str, str, str]],
         ax.set_xlabel("RL step", fontsize=7)
         ax.tick_params(labelsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=6,
-               frameon=False)
+    if labels:  # a run of a few arms may draw none here
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=6,
+                   frameon=False)
     fig.suptitle(f"{title}; seed means, trailing {SMOOTHING}-step average", fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _save(fig, path, layout=False)

@@ -22,8 +22,10 @@ from r2m_service.http.auth import announce, install_auth
 from r2m_service.http.docs_ui import install_docs_ui
 from r2m_service.http.errors import install_error_handlers
 from r2m_service.http.openapi import install_openapi
+from r2m_service.http.openrlhf import router as openrlhf_router
 from r2m_service.http.request_context import RequestContextMiddleware
 from r2m_service.http.routes import router
+from r2m_service.http.split_routes import router as split_router
 from r2m_service.metrics import Metrics
 from r2m_service.settings import Settings
 from r2m_service.state.factory import open_store
@@ -84,7 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = None
     app.state.load_error = None
+    app.state.draining = False  # set on SIGTERM (http/drain.py): /readyz fails first
     app.include_router(router)
+    app.include_router(openrlhf_router)
+    app.include_router(split_router)
     install_error_handlers(app)
     install_auth(app, settings)
     install_openapi(app)

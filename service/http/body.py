@@ -16,7 +16,12 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from r2m_proto.errors import ErrorCode, WireError
-from r2m_proto.media import JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE, SAFETENSORS_REQUEST_KEY
+from r2m_proto.media import (
+    CHECKPOINT_MEDIA_TYPE,
+    JSON_MEDIA_TYPE,
+    SAFETENSORS_MEDIA_TYPE,
+    SAFETENSORS_REQUEST_KEY,
+)
 from r2m_proto.safetensors_body import decode_safetensors
 from r2m_proto.tensors import TensorView
 from r2m_service.http.disconnect import ClientDisconnected
@@ -103,3 +108,16 @@ async def read_request(request: Request, schema: type[M], limit: int
     body = await read_body(request, limit)
     parsed, tensors = await asyncio.to_thread(decode, kind, body, schema)
     return parsed, tensors, len(body)
+
+
+async def read_checkpoint(request: Request, limit: int) -> dict[str, TensorView]:
+    """A checkpoint upload (`PUT /v1/runs/{id}/checkpoint`): a safetensors file as
+    `GET .../checkpoint` serves it, its tensors as views into the body."""
+    kind = media_type(request)
+    if kind != CHECKPOINT_MEDIA_TYPE:
+        raise WireError(f"unsupported content type {kind!r}; a checkpoint is "
+                        f"{CHECKPOINT_MEDIA_TYPE} (a safetensors file)", "content-type",
+                        ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+    body = await read_body(request, limit)
+    _, tensors = await asyncio.to_thread(decode_safetensors, body)
+    return tensors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from r2m_proto.errors import ErrorBody, ErrorCode, ErrorDetail, WireError, field_path
 from r2m_proto.media import RETRY_AFTER_HEADER
 from r2m_service.errors import (
+    CapacityExceeded,
     InvalidInput,
     Overloaded,
     RetryLater,
@@ -21,6 +23,7 @@ from r2m_service.errors import (
     ServiceError,
     TooManyItems,
     Unavailable,
+    VersionConflict,
     VersionNotReached,
 )
 
@@ -50,7 +53,9 @@ _CODE_BY_ERROR: tuple[tuple[type[ServiceError], ErrorCode], ...] = (
     (RunNotFound, ErrorCode.RUN_NOT_FOUND),
     (RunExists, ErrorCode.RUN_EXISTS),
     (VersionNotReached, ErrorCode.VERSION_CONFLICT),
+    (VersionConflict, ErrorCode.VERSION_CONFLICT),
     (Overloaded, ErrorCode.OVERLOADED),
+    (CapacityExceeded, ErrorCode.OVERLOADED),
     (Unavailable, ErrorCode.UNAVAILABLE),
 )
 
@@ -102,9 +107,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return validation_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_BY_STATUS.get(exc.status_code, ErrorCode.INTERNAL)
-        response = error_response(code, str(exc.detail))
+        headers = exc.headers
+        if exc.status_code == 405 and (allow := allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allow}  # Starlette's names one route's only
+        response = error_response(code, str(exc.detail), headers=headers)
         response.status_code = exc.status_code
         return response
 
@@ -112,3 +120,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the document lists for the request's path (RFC 9110's `Allow`)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods))

@@ -17,13 +17,14 @@ from r2m_proto.schemas import (
     UpdateRequest,
     UpdateResponse,
 )
+from r2m_proto.split import SplitGradientRequest
 from r2m_service import __version__
 from r2m_service.engine import Engine
 from r2m_service.errors import TooManyItems, Unavailable
 from r2m_service.http.auth import Scope, require
-from r2m_service.http.body import read_request
+from r2m_service.http.body import read_checkpoint, read_request
 from r2m_service.http.disconnect import unless_disconnected
-from r2m_service.http.openapi import tensor_body
+from r2m_service.http.openapi import checkpoint_body, tensor_body
 from r2m_service.metrics import Metrics
 from r2m_service.settings import Settings
 
@@ -60,8 +61,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"])
-async def readyz(engine: EngineDep) -> dict[str, str]:
-    """Ready to serve: the backbone is loaded and the state store answers."""
+async def readyz(request: Request, engine: EngineDep) -> dict[str, str]:
+    """Ready to serve: the backbone is loaded, the state store answers, and no SIGTERM has
+    come (while draining, requests still succeed but balancers should stop sending)."""
+    if request.app.state.draining:
+        raise Unavailable("shutting down: draining before exit", retry_after_s=1)
     await engine.store.ping()
     return {"status": "ready"}
 
@@ -117,6 +121,17 @@ async def checkpoint(run_id: str, engine: EngineDep) -> Response:
         "Content-Disposition": f'attachment; filename="{run_id}.safetensors"'})
 
 
+@router.put("/v1/runs/{run_id}/checkpoint", tags=["runs"], dependencies=[require(Scope.ADMIN)],
+            openapi_extra=checkpoint_body())
+async def import_checkpoint(run_id: str, request: Request, engine: EngineDep,
+                            settings: SettingsDep) -> RunInfo:
+    """Load a checkpoint (as `GET` serves it: the six trainable tensors, float32, this run's
+    shapes) as the run's next version; AdamW moments restart, the step stays. A wrong file is a
+    422 that changes nothing. Restore half of backup/restore (README)."""
+    tensors = await read_checkpoint(request, settings.max_body_bytes)
+    return await engine.import_checkpoint(run_id, tensors)
+
+
 @router.post("/v1/score", tags=["reward"], openapi_extra=tensor_body(ScoreRequest),
              dependencies=[require(Scope.SCORE)])
 @router.post("/score", tags=["reward"], include_in_schema=False,
@@ -126,7 +141,7 @@ async def score(request: Request, engine: EngineDep, settings: SettingsDep,
     """Rewards for prompt-response pairs (+ policy hidden states), one per item, in order."""
     body, tensors, size = await read_request(request, ScoreRequest, settings.max_body_bytes)
     m.body_bytes.labels("/v1/score").observe(size)
-    _check_count(len(body.items), settings.max_items, "items")
+    check_count(len(body.items), settings.max_items, "items")
     return await unless_disconnected(request, engine.score(body, tensors))
 
 
@@ -140,13 +155,19 @@ async def update(request: Request, engine: EngineDep, settings: SettingsDep, m: 
     """One online R2M step: GREBT on self-labelled groups, or BT on labelled pairs."""
     body, tensors, size = await read_request(request, UpdateRequest, settings.max_body_bytes)
     m.body_bytes.labels("/v1/update").observe(size)
-    count = (sum(len(g.responses) for g in body.groups) if body.groups is not None
-             else 2 * len(body.pairs or []))
-    _check_count(count, settings.max_items, "groups" if body.groups is not None else "pairs")
+    check_update_count(body, settings.max_items)
     return await engine.update(body, tensors, idempotency_key)
 
 
-def _check_count(count: int, limit: int, field: str) -> None:
+def check_update_count(body: UpdateRequest | SplitGradientRequest, limit: int) -> None:
+    """Samples in an update: K per group, two per pair."""
+    if body.groups is not None:
+        check_count(sum(len(g.responses) for g in body.groups), limit, "groups")
+    else:
+        check_count(2 * len(body.pairs or []), limit, "pairs")
+
+
+def check_count(count: int, limit: int, field: str) -> None:
     if count > limit:
         raise TooManyItems(f"{count} samples exceed the limit of {limit} per request (split "
                            "the batch)", field)

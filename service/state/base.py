@@ -16,12 +16,15 @@ from r2m_service.rte_cache import RTECache
 
 # (run_id, version) on a new version; (run_id, None) when the run was deleted
 EventHandler = Callable[[str, int | None], None]
+# A run's full state as buffers, views of the run's own tensors where possible (no copy of a
+# 400 MB state): valid until the run changes, which its write gate prevents while a store writes.
+Buffers = list[memoryview | bytes]
 # Serializes a run's full state on demand (on the model thread): a store that keeps no copy of
 # the state never pays for it.
-StateEncoder = Callable[[], Awaitable[bytes]]
+StateEncoder = Callable[[], Awaitable[Buffers]]
 
-__all__ = ["EventHandler", "RunIdTaken", "StateEncoder", "StateStore", "StoreUnavailable",
-           "UpdateTransaction"]
+__all__ = ["Buffers", "EventHandler", "RunIdTaken", "StateEncoder", "StateStore",
+           "StoreUnavailable", "UpdateTransaction"]
 
 
 class RunIdTaken(Exception):
@@ -38,17 +41,20 @@ class UpdateTransaction(ABC):
 
     @abstractmethod
     async def commit(self, version: int, state: StateEncoder, response_json: str,
-                     idempotency_key: str | None) -> bytes | None:
-        """Make `version` current, atomically with the idempotency record.
+                     idempotency_key: str | None) -> None:
+        """Make `version` current, atomically with the idempotency record (`response_json` is
+        recorded under `idempotency_key` when there is one).
 
-        Returns the state bytes the store made durable, which the caller keeps to roll the run
-        back should a later commit fail; None from a store that keeps no copy (its commit cannot
-        fail). Raises `StoreUnavailable` (lock lost, store down): the version did not become
-        current."""
+        Raises `StoreUnavailable` (lock lost, store down): the version did not become current,
+        and the store's current version is still the one before (a store that keeps no copy of
+        the state cannot fail here)."""
 
 
 class StateStore(ABC):
     rte_cache: RTECache
+    # Whether `load` brings a run back: only then may the run directory drop a run it holds
+    # (evict an idle one, or forget one whose commit failed) and load it again later.
+    keeps_state: bool = True
 
     async def start(self, on_event: EventHandler) -> None:  # noqa: B027 - optional hook
         """Begin delivering version and delete notifications."""
@@ -61,9 +67,9 @@ class StateStore(ABC):
         """Raise `StoreUnavailable` unless the store answers."""
 
     @abstractmethod
-    async def create(self, run_id: str, state: StateEncoder) -> bytes | None:
-        """Record a new run at version 0 (the bytes kept, as for `commit`). Raises `RunIdTaken`
-        (and writes nothing) if the id is taken."""
+    async def create(self, run_id: str, state: StateEncoder) -> None:
+        """Record a new run at version 0. Raises `RunIdTaken` (and writes nothing) if the id is
+        taken."""
 
     @abstractmethod
     async def load(self, run_id: str) -> bytes | None:
@@ -84,3 +90,8 @@ class StateStore(ABC):
     @abstractmethod
     async def stored_run_ids(self) -> list[str]:
         """Runs to load at start-up (a store that this process alone reads from disk)."""
+
+    def usage(self) -> dict[str, int]:
+        """Bytes this process holds for the store, by what (shown in metrics): each is bounded
+        by a setting."""
+        return {"rte_cache": self.rte_cache.bytes}

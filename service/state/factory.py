@@ -16,18 +16,21 @@ def open_store(settings: Settings, metrics: Metrics) -> StateStore:
     if settings.redis_url:
         from r2m_service.state.redis_store import RedisStore
 
-        if settings.checkpoint_dir:
-            log.warning("--checkpoint-dir is ignored: with Redis, run state lives in Redis")
-        log.info("state store: redis (%s, prefix %r)", redact_url(settings.redis_url),
-                 settings.redis_prefix)
+        log.info("state store: redis (%s, prefix %r)%s", redact_url(settings.redis_url),
+                 settings.redis_prefix, f", run state files in {settings.checkpoint_dir}"
+                 if settings.checkpoint_dir else "")
         return RedisStore(settings.redis_url, rte_write_failures=metrics.rte_write_failures,
                           prefix=settings.redis_prefix,
                           lock_lease_s=settings.lock_lease_s,
                           idempotency_ttl_s=settings.idempotency_ttl_s,
-                          rte_cache_size=settings.rte_cache_size, rte_ttl_s=settings.rte_ttl_s)
+                          rte_cache_bytes=settings.rte_cache_bytes, rte_ttl_s=settings.rte_ttl_s,
+                          retained_versions=settings.retained_versions,
+                          blob_dir=settings.checkpoint_dir,
+                          blob_fsync=settings.checkpoint_fsync)
     log.info("state store: in-process%s", f" (checkpoints in {settings.checkpoint_dir})"
              if settings.checkpoint_dir else "")
-    return MemoryStore(rte_cache_size=settings.rte_cache_size,
+    return MemoryStore(rte_cache_bytes=settings.rte_cache_bytes,
                        idempotency_ttl_s=settings.idempotency_ttl_s,
-                       checkpoint_dir=settings.checkpoint_dir)
+                       idempotency_bytes=settings.idempotency_bytes,
+                       checkpoint_dir=settings.checkpoint_dir, fsync=settings.checkpoint_fsync)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from r2m_service.idempotency import IdempotencyStore
 from r2m_service.rte_cache import LRUCache
 from r2m_service.state.base import (
+    Buffers,
     EventHandler,
     RunIdTaken,
     StateEncoder,
@@ -21,6 +21,7 @@ from r2m_service.state.base import (
     StoreUnavailable,
     UpdateTransaction,
 )
+from r2m_service.state.blobs import write_file
 from r2m_service.tensor_files import read_metadata
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,16 @@ _SUFFIX = ".r2m-state"
 
 
 class MemoryStore(StateStore):
-    def __init__(self, *, rte_cache_size: int, idempotency_ttl_s: float,
-                 checkpoint_dir: str | None = None) -> None:
-        self.rte_cache = LRUCache(rte_cache_size)
-        self._idempotency = IdempotencyStore(idempotency_ttl_s)
+    def __init__(self, *, rte_cache_bytes: int, idempotency_ttl_s: float,
+                 idempotency_bytes: int = 64 << 20, checkpoint_dir: str | None = None,
+                 fsync: bool = True) -> None:
+        self.rte_cache = LRUCache(rte_cache_bytes)
+        self._idempotency = IdempotencyStore(idempotency_ttl_s, idempotency_bytes)
         self._heads: dict[str, int] = {}
         self._on_event: EventHandler | None = None
         self._dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self._fsync = fsync
+        self.keeps_state = self._dir is not None
         if self._dir is not None:
             self._dir.mkdir(parents=True, exist_ok=True)
             for path in self._dir.glob(f"*{_SUFFIX}"):
@@ -48,12 +52,12 @@ class MemoryStore(StateStore):
     async def ping(self) -> None:
         return None
 
-    async def create(self, run_id: str, state: StateEncoder) -> bytes | None:
+    async def create(self, run_id: str, state: StateEncoder) -> None:
         if run_id in self._heads:
             raise RunIdTaken(run_id)
         self._heads[run_id] = 0  # claimed before the write's await: a concurrent create loses
         try:
-            return await self._persist(run_id, state)
+            await self._persist(run_id, state)
         except BaseException:
             del self._heads[run_id]
             raise
@@ -82,19 +86,21 @@ class MemoryStore(StateStore):
     async def stored_run_ids(self) -> list[str]:
         return self._on_disk
 
+    def usage(self) -> dict[str, int]:
+        return {**super().usage(), "idempotency": self._idempotency.bytes}
+
     def _path(self, run_id: str) -> Path | None:
         return None if self._dir is None else self._dir / f"{run_id}{_SUFFIX}"
 
-    async def _persist(self, run_id: str, state: StateEncoder) -> bytes | None:
+    async def _persist(self, run_id: str, state: StateEncoder) -> None:
         path = self._path(run_id)
         if path is None:
-            return None
-        data = await state()
+            return
+        data: Buffers = await state()
         try:
-            await asyncio.to_thread(_atomic_write, path, data)
+            await asyncio.to_thread(write_file, path, data, self._fsync)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write {path}: {exc}") from exc
-        return data
 
     def _notify(self, run_id: str, version: int | None) -> None:
         if self._on_event is not None:
@@ -110,20 +116,10 @@ class _MemoryTransaction(UpdateTransaction):
         return self._store._idempotency.get(self._run_id, key)
 
     async def commit(self, version: int, state: StateEncoder, response_json: str,
-                     idempotency_key: str | None) -> bytes | None:
+                     idempotency_key: str | None) -> None:
         store = self._store
-        data = await store._persist(self._run_id, state)
+        await store._persist(self._run_id, state)
         store._heads[self._run_id] = version
         if idempotency_key is not None:
             store._idempotency.put(self._run_id, idempotency_key, response_json)
         store._notify(self._run_id, version)
-        return data
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

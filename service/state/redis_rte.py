@@ -47,6 +47,10 @@ class RedisRTECache:
                                         daemon=True)
         self._writer.start()
 
+    @property
+    def bytes(self) -> int:
+        return self._local.bytes
+
     def get_many(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
         found = self._local.get_many(keys)
         missing = [i for i, value in enumerate(found) if value is None]

@@ -3,19 +3,23 @@ and scale-out").
 
 Keys (hash-tagged per run, so a run's keys share a cluster slot):
   {p}:runs                       set of run ids
-  {p}:run:{id}:head              JSON {version, step?, chunks}: the current version (atomic switch)
-  {p}:run:{id}:state:{v}:{i}     chunk i of version v's state (immutable once written)
+  {p}:run:{id}:head              JSON {version, blob, retained}: the current version (atomic
+                                 switch), where its state lies, and the older versions kept
+  {p}:run:{id}:state:{v}:{t}:{i} chunk i of version v's state written under lock token t
+                                 (without --checkpoint-dir; with it the state is a file there)
   {p}:run:{id}:lock              update lock: random token, with a lease (PX)
   {p}:run:{id}:creating          claim on a new run's id while its version 0 is written
   {p}:run:{id}:idem:{key}        response JSON of an applied update (EX ttl)
   {p}:rte:{key}                  reward token embedding (float32 bytes, EX ttl)
   channel {p}:events             {"run", "version"} or {"run", "deleted": true}
 
-An update writes its state chunks under new keys, then one Lua script checks that the lock is
-still ours and switches `head` + records the idempotency key; only then is the version visible.
-The superseded version's chunks (named from the old head, no keyspace scan) then expire.
-A crashed holder's lease runs out. Pub/sub wakes replicas early; `head` is still checked on every
-score because notifications are lost while a replica is disconnected.
+An update writes its state under a name of its own (version + lock token, `blobs.py`), then one
+Lua script checks that the lock is still ours and switches `head` + records the idempotency key;
+only then is the version visible. The head keeps `retained_versions - 1` older versions for
+replicas still reading them and the commit removes the state of older ones, so a run holds a
+bounded number of bytes whatever its update rate. A crashed holder's lease runs out; what it had
+written under its token is never named by a head. Pub/sub wakes replicas early; `head` is still
+checked on every score because notifications are lost while a replica is disconnected.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -34,6 +39,7 @@ from redis.exceptions import RedisError
 
 from r2m_service.rte_cache import LRUCache
 from r2m_service.state.base import (
+    Buffers,
     EventHandler,
     RunIdTaken,
     StateEncoder,
@@ -41,6 +47,7 @@ from r2m_service.state.base import (
     StoreUnavailable,
     UpdateTransaction,
 )
+from r2m_service.state.blobs import DirectoryBlobs, RedisChunks, StateBlobs
 from r2m_service.state.redis_rte import RedisRTECache
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,6 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-_OLD_VERSION_TTL_S = 300  # replicas still loading the previous version get to finish
 _CREATE_CLAIM_TTL_S = 60  # a creator that dies mid-create frees the id after this
 
 
@@ -72,7 +78,9 @@ class RedisStore(StateStore):
     def __init__(self, url: str, *, rte_write_failures: Counter, prefix: str = "r2m",
                  lock_lease_s: float = 30.0, lock_wait_s: float = 60.0,
                  idempotency_ttl_s: float = 86400.0, chunk_bytes: int = 8 * 1024 * 1024,
-                 rte_cache_size: int = 65536, rte_ttl_s: float = 86400.0) -> None:
+                 rte_cache_bytes: int = 256 << 20, rte_ttl_s: float = 86400.0,
+                 retained_versions: int = 2, blob_dir: str | None = None,
+                 blob_fsync: bool = True) -> None:
         options = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0,
                    "health_check_interval": 10}
         self._redis = aioredis.Redis.from_url(url, **options)
@@ -80,12 +88,15 @@ class RedisStore(StateStore):
         self._lease_ms = int(lock_lease_s * 1000)
         self._lock_wait_s = lock_wait_s
         self._idempotency_ttl_s = int(idempotency_ttl_s)
-        self._chunk_bytes = chunk_bytes
+        self._retained = retained_versions - 1
+        self._blobs: StateBlobs = (
+            DirectoryBlobs(blob_dir, fsync=blob_fsync) if blob_dir
+            else RedisChunks(self._redis, self._run_key, chunk_bytes))
         self._commit = self._redis.register_script(_COMMIT)
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._listener: asyncio.Task[None] | None = None
-        self.rte_cache = RedisRTECache(LRUCache(rte_cache_size), redis.Redis.from_url(
+        self.rte_cache = RedisRTECache(LRUCache(rte_cache_bytes), redis.Redis.from_url(
             url, **options), f"{prefix}:rte:", int(rte_ttl_s), write_failures=rte_write_failures)
 
     # ---- keys ---------------------------------------------------------------------------------
@@ -116,7 +127,7 @@ class RedisStore(StateStore):
 
     # ---- runs ---------------------------------------------------------------------------------
 
-    async def create(self, run_id: str, state: StateEncoder) -> bytes:
+    async def create(self, run_id: str, state: StateEncoder) -> None:
         """Claim the id (NX, so two replicas creating the same id cannot both write version 0),
         write the state, then the head."""
         async with _available("create run"):
@@ -126,24 +137,21 @@ class RedisStore(StateStore):
                 raise RunIdTaken(run_id)
         data = await state()
         async with _available("create run"):
-            chunks = await self._write_state(run_id, 0, data)
+            blob = await self._blobs.write(run_id, 0, secrets.token_hex(8), data)
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(head, json.dumps({"version": 0, "chunks": chunks}))
+                pipe.set(head, json.dumps({"version": 0, "blob": blob, "retained": []}))
                 pipe.sadd(f"{self._prefix}:runs", run_id)
                 await pipe.execute()
-        return data
 
     async def load(self, run_id: str) -> bytes | None:
         async with _available("load run"):
-            for _ in range(3):  # the head may move on between reading it and its chunks
+            for _ in range(3):  # the head may move on between reading it and its state
                 head = await self._head(run_id)
                 if head is None:
                     return None
-                keys = [self._run_key(run_id, "state", head["version"], i)
-                        for i in range(head["chunks"])]
-                parts = await self._redis.mget(keys)
-                if all(p is not None for p in parts):
-                    return b"".join(parts)
+                data = await self._blobs.read(run_id, head["blob"])
+                if data is not None:
+                    return data
         raise StoreUnavailable(f"the state of {run_id} kept changing while it was read")
 
     async def head(self, run_id: str) -> int | None:
@@ -154,15 +162,13 @@ class RedisStore(StateStore):
     async def delete(self, run_id: str) -> None:
         async with _available("delete run"):
             head = await self._head(run_id)
-            keys = [self._run_key(run_id, "head")]
-            if head is not None:
-                keys += [self._run_key(run_id, "state", head["version"], i)
-                         for i in range(head["chunks"])]
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(*keys)
+                pipe.delete(self._run_key(run_id, "head"))
                 pipe.srem(f"{self._prefix}:runs", run_id)
                 pipe.publish(self._channel, json.dumps({"run": run_id, "deleted": True}))
                 await pipe.execute()
+            if head is not None:
+                await self._blobs.remove_run(run_id, [head["blob"], *head["retained"]])
 
     async def stored_run_ids(self) -> list[str]:
         return []  # loaded lazily, on first use, by whichever replica needs them
@@ -185,20 +191,22 @@ class RedisStore(StateStore):
             with contextlib.suppress(RedisError, OSError):  # else the lease frees it
                 await self._release(keys=[key], args=[token])
 
-    async def _commit_version(self, run_id: str, token: str, version: int, data: bytes,
+    async def _commit_version(self, run_id: str, token: str, version: int, data: Buffers,
                               response_json: str, idempotency_key: str | None) -> None:
         async with _available("commit"):
             previous = await self._head(run_id)
-            chunks = await self._write_state(run_id, version, data)
+            blob = await self._blobs.write(run_id, version, token, data)
+            kept = [] if previous is None else [previous["blob"], *previous["retained"]]
             idem_key = self._run_key(run_id, "idem", idempotency_key or "-")
             committed = await self._commit(
                 keys=[self._run_key(run_id, "lock"), self._run_key(run_id, "head"), idem_key],
-                args=[token, json.dumps({"version": version, "chunks": chunks}),
+                args=[token, json.dumps({"version": version, "blob": blob,
+                                         "retained": kept[:self._retained]}),
                       response_json if idempotency_key else "", self._idempotency_ttl_s])
             if not committed:
+                await self._blobs.remove(run_id, [blob])  # never named by a head
                 raise LockLost(run_id)
-            if previous is not None:
-                await self._retire(run_id, previous)
+            await self._blobs.remove(run_id, kept[self._retained:])
             await self._redis.publish(self._channel, json.dumps({"run": run_id,
                                                                  "version": version}))
 
@@ -209,27 +217,9 @@ class RedisStore(StateStore):
 
     # ---- internals ----------------------------------------------------------------------------
 
-    async def _head(self, run_id: str) -> dict[str, int] | None:
+    async def _head(self, run_id: str) -> dict[str, Any] | None:
         raw = await self._redis.get(self._run_key(run_id, "head"))
         return None if raw is None else json.loads(raw)
-
-    async def _write_state(self, run_id: str, version: int, state: bytes) -> int:
-        view = memoryview(state)
-        chunks = max(1, -(-len(view) // self._chunk_bytes))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for i in range(chunks):
-                part = view[i * self._chunk_bytes:(i + 1) * self._chunk_bytes]
-                pipe.set(self._run_key(run_id, "state", version, i), bytes(part))
-            await pipe.execute()
-        return chunks
-
-    async def _retire(self, run_id: str, head: dict[str, int]) -> None:
-        """Let a superseded version's chunks expire (they are immutable; readers finish)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for i in range(head["chunks"]):
-                pipe.expire(self._run_key(run_id, "state", head["version"], i),
-                            _OLD_VERSION_TTL_S)
-            await pipe.execute()
 
     async def _acquire(self, key: str, token: str, run_id: str) -> None:
         loop = asyncio.get_running_loop()
@@ -278,11 +268,9 @@ class _RedisTransaction(UpdateTransaction):
         return await self._store._recorded_response(self._run_id, key)
 
     async def commit(self, version: int, state: StateEncoder, response_json: str,
-                     idempotency_key: str | None) -> bytes:
-        data = await state()
-        await self._store._commit_version(self._run_id, self._token, version, data,
+                     idempotency_key: str | None) -> None:
+        await self._store._commit_version(self._run_id, self._token, version, await state(),
                                           response_json, idempotency_key)
-        return data
 
 
 @contextlib.asynccontextmanager

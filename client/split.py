@@ -1,0 +1,51 @@
+"""Split mode's trainer-side math (see `r2m_proto.split`): a few vector products over the
+policy's hidden states, on the device they already live on (the GPU, in real use).
+
+Needs torch (the client's `[hf]` extra); the base client stays torch-free because nothing
+imports this module unless `split=True` is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from r2m_client.errors import R2MInputError
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One sample's attention over its own hidden states, kept for the backward phase."""
+
+    hidden: torch.Tensor  # [S, D_p] float32, on the caller's device
+    weights: torch.Tensor  # a = softmax(h·u) [S]
+    context: torch.Tensor  # c = aᵀh [D_p]
+
+    def query_gradient(self, context_grad: torch.Tensor) -> torch.Tensor:
+        """∂L/∂u = Σ_s a_s (g·h_s − g·c) h_s: g = ∂L/∂c pulled back through c = softmax(h·u)ᵀh
+        (the softmax Jacobian, applied here because only here is h)."""
+        g = context_grad.to(self.hidden.device, torch.float32)
+        logit_grads = self.weights * (self.hidden @ g - self.context @ g)  # ∂L/∂(h·u) [S]
+        return logit_grads @ self.hidden
+
+
+def attend(hidden: object, query: torch.Tensor, field: str) -> Attention:
+    """The attention of one sample: `hidden` `[S, D_p]` (torch, any float dtype), `query` u
+    `[D_p]` from the server. The math runs in float32, as the server's does."""
+    if not isinstance(hidden, torch.Tensor):
+        raise R2MInputError("split mode computes on the caller's device: expected a torch "
+                            f"tensor [S, D_p] for every item, got {type(hidden).__name__}",
+                            field=field)
+    if hidden.dim() != 2 or hidden.shape[0] == 0 or hidden.shape[1] != query.shape[0]:
+        raise R2MInputError(f"expected hidden states [S ≥ 1, D_p={query.shape[0]}], got "
+                            f"{list(hidden.shape)}", field=field)
+    states = hidden.detach().to(torch.float32)
+    weights = torch.softmax(states @ query.to(states.device), dim=0)
+    return Attention(states, weights, weights @ states)
+
+
+def attend_all(hidden: Sequence[object], queries: Sequence[torch.Tensor],
+               fields: Sequence[str]) -> list[Attention]:
+    return [attend(h, u, f) for h, u, f in zip(hidden, queries, fields, strict=True)]
