@@ -21,7 +21,7 @@ import torch
 
 from r2m_bench.common import RESULTS_DIR, Headline, TextSource, latency_stats, write_result
 from r2m_bench.models import REALISTIC, build_backbone
-from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape
+from r2m_bench.servers import ServerPool, ServerSpec, histogram_delta, scrape, torch_threads
 from r2m_client import Group, R2MClient
 
 GROUP_SIZE = 4
@@ -38,6 +38,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
     }
     own_pool = pool is None
     pool = pool or ServerPool()
+    torch.set_num_threads(torch_threads())  # the trainer side's math, like the servers' threads
+    settings["client_torch_threads"] = torch_threads()
     try:
         default = ServerSpec()
         settings["server"] = default.record()
@@ -60,7 +62,9 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
 
 def _compare(url: str, tokens: int, policy_hidden: int, dtype: str,
              settings: dict[str, Any]) -> dict[str, Any]:
-    texts = TextSource(f"split-{tokens}-{policy_hidden}", 12, 12)
+    # one text source per mode: a round's backbone work is never done by the other mode's round
+    texts = {mode: TextSource(f"split-{mode}-{tokens}-{policy_hidden}", 12, 12)
+             for mode in ("full", "split")}
     counted = _ByteCounter()
     with R2MClient(url, timeout=600) as rm:
         rm._http.event_hooks["response"].append(counted)  # the client's own connection
@@ -72,9 +76,10 @@ def _compare(url: str, tokens: int, policy_hidden: int, dtype: str,
         generator = torch.Generator().manual_seed(tokens + policy_hidden)
         for repeat in range(settings["repeat"]):
             order = ("full", "split") if repeat % 2 == 0 else ("split", "full")
-            groups = _groups(texts, settings["groups_per_round"], tokens, policy_hidden,
-                             DTYPES[dtype], generator)
+            states = _hidden_states(settings["groups_per_round"], tokens, policy_hidden,
+                                    DTYPES[dtype], generator)
             for mode in order:
+                groups = _groups(texts[mode], states)
                 counted.reset()
                 before = scrape(url)
                 started = time.perf_counter()
@@ -101,13 +106,17 @@ def _compare(url: str, tokens: int, policy_hidden: int, dtype: str,
     }
 
 
-def _groups(texts: TextSource, count: int, tokens: int, policy_hidden: int, dtype: torch.dtype,
-            generator: torch.Generator) -> list[Group]:
+def _hidden_states(groups: int, tokens: int, policy_hidden: int, dtype: torch.dtype,
+                   generator: torch.Generator) -> list[list[torch.Tensor]]:
+    """The same hidden states for both modes' rounds of a repeat."""
+    return [[torch.randn(tokens, policy_hidden, generator=generator).to(dtype)
+             for _ in range(GROUP_SIZE)] for _ in range(groups)]
+
+
+def _groups(texts: TextSource, states: list[list[torch.Tensor]]) -> list[Group]:
     groups = []
-    for _ in range(count):
-        prompts, responses = texts.pairs(GROUP_SIZE)
-        hidden = [torch.randn(tokens, policy_hidden, generator=generator).to(dtype)
-                  for _ in responses]
+    for hidden in states:
+        prompts, responses = texts.pairs(len(hidden))
         groups.append(Group(prompts[0], responses, hidden))
     return groups
 

@@ -20,6 +20,7 @@ from r2m_client._core import (
     transport_errors,
 )
 from r2m_client._encode import score_batch
+from r2m_client._scorer import Scorer
 from r2m_client._tensors import HiddenStates
 from r2m_client.errors import R2MError
 from r2m_client.types import Group, Pair, RunOptions
@@ -100,6 +101,13 @@ class AsyncR2MClient(BaseR2MClient):
         batch = score_batch(run_id, prompts, responses, hidden_states, step=step,
                             min_version=min_version)
         return await self._run(self._score_call(batch, await self._request_limits()))
+
+    def scorer(self, run_id: str, *, step: int | None = None, min_version: int | None = None,
+               max_in_flight: int = 8) -> Scorer:
+        """Score as you go: `submit` each sample as its generation finishes, await its reward
+        later (`r2m_client._scorer`); at most `max_in_flight` requests on the wire at once."""
+        return Scorer(self, run_id, step=step, min_version=min_version,
+                      max_in_flight=max_in_flight)
 
     async def update(
         self,

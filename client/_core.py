@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -44,6 +44,9 @@ from r2m_proto import (
     UpdateResponse,
 )
 from r2m_proto.media import RETRY_AFTER_HEADER
+
+if TYPE_CHECKING:  # torch: only split mode imports it, at run time
+    from r2m_client.split import QueryCache
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # The largest score request the client makes unless told otherwise, whatever more the server
@@ -112,6 +115,7 @@ class BaseR2MClient:
             if value is not None and value <= 0:
                 raise R2MInputError(f"must be positive, got {value}", field=name)
         self.binary = binary
+        self._query_cache: QueryCache | None = None
         self.retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
         self._given_limits = RequestLimits(max_request_bytes, max_request_items)
         # Both given: the server is never asked. Otherwise the first score call asks it once.
@@ -143,7 +147,8 @@ class BaseR2MClient:
         from r2m_client._split import split_score
 
         return split_score(run_id, prompts, responses, hidden_states or [], step=step,
-                           min_version=min_version, binary=self.binary)
+                           min_version=min_version, binary=self.binary,
+                           cache=self._split_queries())
 
     def _split_update(self, run_id: str, groups: Sequence[Group] | None,
                       pairs: Sequence[Pair] | None, step: int | None,
@@ -153,7 +158,15 @@ class BaseR2MClient:
 
         return split_update(run_id, groups=groups, pairs=pairs, step=step,
                             idempotency_key=idempotency_key, learning_rate=learning_rate,
-                            binary=self.binary)
+                            binary=self.binary, cache=self._split_queries())
+
+    def _split_queries(self) -> QueryCache:
+        """This client's split-mode query cache (made on first use: it needs torch)."""
+        from r2m_client.split import QueryCache
+
+        if self._query_cache is None:
+            self._query_cache = QueryCache()
+        return self._query_cache
 
     def _info_call(self) -> Call[InfoResponse]:
         return _single(Request("GET", "/v1/info"), lambda r: _model(InfoResponse, r))

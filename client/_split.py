@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -21,7 +22,7 @@ from r2m_client._checks import check_score_batch, check_update
 from r2m_client._core import Call, Request, _model, _single
 from r2m_client._encode import _TensorSink, json_body
 from r2m_client.errors import R2MStatusError
-from r2m_client.split import Attention, attend_all
+from r2m_client.split import Attention, QueryCache, attend_all
 from r2m_client.types import Group, Pair
 from r2m_proto import IDEMPOTENCY_KEY_HEADER, ScoreResponse, UpdateResponse, WireTensor
 from r2m_proto.split import (
@@ -45,12 +46,15 @@ RESTARTS = 3
 
 def split_score(run_id: str, prompts: Sequence[str], responses: Sequence[str],
                 hidden_states: Sequence[object], *, step: int | None, min_version: int | None,
-                binary: bool) -> Protocol[ScoreResponse]:
+                binary: bool, cache: QueryCache | None = None) -> Protocol[ScoreResponse]:
     check_score_batch(prompts, responses, hidden_states)
     fields = [f"hidden_states[{i}]" for i in range(len(prompts))]
     for attempt in _attempts():
         query = yield _query_call(run_id, prompts, responses, step, min_version)
-        attention = attend_all(hidden_states, _vectors(query.queries), fields)
+        queries = _vectors(query.queries)
+        if cache is not None:
+            cache.put(run_id, query.version, prompts, responses, queries)
+        attention = attend_all(hidden_states, queries, fields)
         sink = _TensorSink(binary)
         items = [ContextItem(prompt=p, response=r, context=sink.field(
             f"items.{i}.context", _view(a.context))) for i, (p, r, a) in
@@ -67,18 +71,24 @@ def split_score(run_id: str, prompts: Sequence[str], responses: Sequence[str],
 
 def split_update(run_id: str, *, groups: Sequence[Group] | None, pairs: Sequence[Pair] | None,
                  step: int | None, idempotency_key: str | None, learning_rate: float | None,
-                 binary: bool) -> Protocol[UpdateResponse]:
+                 binary: bool, cache: QueryCache | None = None) -> Protocol[UpdateResponse]:
     check_update(groups, pairs)
     prompts, responses, hidden, fields = _flatten(groups, pairs)
     key = idempotency_key or str(uuid.uuid4())  # one key: a 409 means nothing was applied
+    cached = None if cache is None else cache.get(run_id, prompts, responses)
     for attempt in _attempts():
         try:
-            query = yield _query_call(run_id, prompts, responses, step, None)
-            attention = attend_all(hidden, _vectors(query.queries), fields)
-            gradient = yield _gradient_call(run_id, query, groups, pairs, attention, binary)
+            if attempt == 0 and cached is not None:  # the score of these samples asked already
+                phase = _Phase(version=cached[0], step=step)
+                queries = cached[1]
+            else:
+                query = yield _query_call(run_id, prompts, responses, step, None)
+                phase, queries = _Phase(query.version, query.step), _vectors(query.queries)
+            attention = attend_all(hidden, queries, fields)
+            gradient = yield _gradient_call(run_id, phase, groups, pairs, attention, binary)
             grads = _vectors(gradient.context_grads)
             query_grads = [a.query_gradient(g) for a, g in zip(attention, grads, strict=True)]
-            return (yield _update_call(run_id, query, groups, pairs, attention, query_grads,
+            return (yield _update_call(run_id, phase, groups, pairs, attention, query_grads,
                                        key, learning_rate, binary))
         except R2MStatusError as error:
             _restart_or_raise(error, attempt)
@@ -96,7 +106,15 @@ def _query_call(run_id: str, prompts: Sequence[str], responses: Sequence[str],
                    lambda r: _model(SplitQueryResponse, r))
 
 
-def _gradient_call(run_id: str, query: SplitQueryResponse, groups: Sequence[Group] | None,
+@dataclass(frozen=True)
+class _Phase:
+    """The version (and RL step) every phase after the query names."""
+
+    version: int
+    step: int | None
+
+
+def _gradient_call(run_id: str, query: _Phase, groups: Sequence[Group] | None,
                    pairs: Sequence[Pair] | None, attention: Sequence[Attention],
                    binary: bool) -> Call[SplitGradientResponse]:
     sink = _TensorSink(binary)
@@ -106,7 +124,7 @@ def _gradient_call(run_id: str, query: SplitQueryResponse, groups: Sequence[Grou
                    lambda r: _model(SplitGradientResponse, r))
 
 
-def _update_call(run_id: str, query: SplitQueryResponse, groups: Sequence[Group] | None,
+def _update_call(run_id: str, query: _Phase, groups: Sequence[Group] | None,
                  pairs: Sequence[Pair] | None, attention: Sequence[Attention],
                  query_grads: Sequence[torch.Tensor], key: str, learning_rate: float | None,
                  binary: bool) -> Call[UpdateResponse]:

@@ -7,6 +7,7 @@ imports this module unless `split=True` is asked for.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,42 @@ def attend(hidden: object, query: torch.Tensor, field: str) -> Attention:
     states = hidden.detach().to(torch.float32)
     weights = torch.softmax(states @ query.to(states.device), dim=0)
     return Attention(states, weights, weights @ states)
+
+
+class QueryCache:
+    """The u vectors of recent score calls, per run version, so the update of the same samples
+    (the next thing an RL step does) can skip its query phase: u depends only on the sample's
+    text and the module's version, so while no update lands in between, it is still exact. If
+    one did, the server answers 409 and the update asks afresh. Bounded by bytes, LRU."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str, str], tuple[int, torch.Tensor]] = (
+            OrderedDict())
+        self._bytes = 0
+
+    def put(self, run_id: str, version: int, prompts: Sequence[str], responses: Sequence[str],
+            queries: Sequence[torch.Tensor]) -> None:
+        for prompt, response, query in zip(prompts, responses, queries, strict=True):
+            old = self._entries.pop((run_id, prompt, response), None)
+            if old is not None:
+                self._bytes -= old[1].nbytes
+            self._entries[(run_id, prompt, response)] = (version, query)
+            self._bytes += query.nbytes
+        while self._bytes > self.max_bytes and self._entries:
+            self._bytes -= self._entries.popitem(last=False)[1][1].nbytes
+
+    def get(self, run_id: str, prompts: Sequence[str], responses: Sequence[str]
+            ) -> tuple[int, list[torch.Tensor]] | None:
+        """(version, u per sample) if every sample is cached at one version, else None."""
+        found = [self._entries.get((run_id, p, r)) for p, r in zip(prompts, responses,
+                                                                    strict=True)]
+        if not found or any(f is None for f in found):
+            return None
+        versions = {f[0] for f in found if f is not None}
+        if len(versions) != 1:
+            return None
+        return versions.pop(), [f[1] for f in found if f is not None]
 
 
 def attend_all(hidden: Sequence[object], queries: Sequence[torch.Tensor],

@@ -24,10 +24,10 @@ from r2m_client import Group, R2MClient
 from r2m_service.api_keys import Scope, key_line
 from tests.conftest import Server, start_server
 from tests.helpers import hidden
+from tests.integration_env import why_missing
 
-agent = pytest.importorskip(
-    "openrlhf.utils.agent",
-    reason="openrlhf is not installed (.ci/run installs it: pip install --no-deps openrlhf)")
+agent = pytest.importorskip("openrlhf.utils.agent", reason=why_missing(
+    "openrlhf", ".ci/run installs it: pip install --no-deps openrlhf aiohttp sympy pylatexenc"))
 
 PROMPTS = ["[user] What is the capital of France?\n[assistant] ",
            "[user] Name a prime number.\n[assistant] ", "[user] Say hello.\n[assistant] "]

@@ -13,9 +13,10 @@ import torch
 
 from r2m_client import R2MClient, ScoreResponse
 from tests.conftest import Server
+from tests.integration_env import why_missing
 
-trl = pytest.importorskip("trl", reason="trl is not installed (pip install -e '.[trl]')")
-datasets = pytest.importorskip("datasets", reason="datasets is not installed (comes with trl)")
+trl = pytest.importorskip("trl", reason=why_missing("trl", "pip install -e '.[trl]'"))
+datasets = pytest.importorskip("datasets", reason=why_missing("trl", "datasets comes with trl"))
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 

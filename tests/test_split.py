@@ -132,3 +132,27 @@ def test_bad_phase_inputs_are_refused_and_change_nothing(
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["field"] == field
     assert http.get(f"/v1/runs/{run_id}").json()["version"] == before["version"] == 1
+
+
+def _queries_served(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("r2m_request_duration_seconds_count")
+               and 'route="/v1/split/query"' in line)
+
+
+def test_an_update_reuses_the_scores_queries_until_the_version_moves(
+        llama_server: Server) -> None:
+    states = hidden(LENGTHS, D_P, seed=8)
+    group = Group(PROMPTS[2], RESPONSES, states)
+    with R2MClient(llama_server.url) as rm, R2MClient(llama_server.url) as other:
+        (run_id,) = _runs(rm, 1, learning_rate=1e-3)
+        start = _queries_served(llama_server.url)
+        rm.score(run_id, [PROMPTS[2]] * 4, RESPONSES, states, step=3, split=True)
+        first = rm.update(run_id, groups=[group], step=3, split=True)
+        assert _queries_served(llama_server.url) - start == 1  # the score's query served both
+        rm.score(run_id, [PROMPTS[2]] * 4, RESPONSES, states, step=4, split=True)
+        other.update(run_id, groups=[group], step=4)  # another trainer moves the run on
+        second = rm.update(run_id, groups=[group], step=4, split=True)
+        assert _queries_served(llama_server.url) - start == 3  # stale: asked again once
+    assert (first.version, second.version) == (1, 3)
