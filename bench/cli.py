@@ -21,7 +21,7 @@ from typing import Any
 from r2m_bench.common import RESULTS_DIR, Headline, write_result
 
 BENCHMARKS = ("efficiency", "overhead", "wire", "batching", "update")
-EXTRA = ("score_latency", "scale_out", "split")
+EXTRA = ("score_latency", "scale_out", "split", "overlap", "get_reward", "soak", "paper_state")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI mode: small and fast")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"directory for the JSON results (default {RESULTS_DIR})")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="soak only: how long to hold the load (default 10, quick 1)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads of servers and in-process baselines "
                              "(default: all cores but one)")
@@ -56,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             t0 = time.perf_counter()
             module = importlib.import_module(f"r2m_bench.{name}")
-            result = module.run(quick=args.quick, out_dir=args.out, pool=pool)
+            options = {"minutes": args.minutes} if args.minutes is not None else {}
+            result = module.run(quick=args.quick, out_dir=args.out, pool=pool, **options)
             timings[name] = time.perf_counter() - t0
             headlines += result.get("headlines", [])
             print(f"[{name}] {time.perf_counter() - t0:.1f}s -> {result['path']}",

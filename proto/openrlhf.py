@@ -1,5 +1,5 @@
-"""OpenRLHF's remote reward-model protocol (`--remote_rm_url`, openrlhf 0.11), which
-`POST /get_reward` speaks so that an OpenRLHF run needs no change at all.
+"""OpenRLHF's remote reward-model protocol (openrlhf 0.11 `--reward.remote_url`, formerly
+`--remote_rm_url`), which `POST /get_reward` speaks so that an OpenRLHF run needs no change.
 
 OpenRLHF posts `{"query": [...], "prompts": [...], "labels": [...]}`: each query is the whole
 decoded rollout (prompt + response, special tokens kept), each prompt the formatted prompt it was

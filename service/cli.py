@@ -54,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name", nargs="?", default="all", help="a benchmark, or all (default)")
     bench.add_argument("--quick", action="store_true", help="CI mode: small and fast")
     bench.add_argument("--out", default=None, help="results directory (default bench/results)")
+    bench.add_argument("--minutes", default=None, help="soak only: minutes of load")
     args = parser.parse_args(argv)
     if args.command == "bench":  # lazily: the benchmarks need the service extra and more
         from r2m_bench.cli import main as bench_main
 
         return bench_main([args.name, *["--quick"] * args.quick,
-                           *(["--out", args.out] if args.out else [])])
+                           *(["--out", args.out] if args.out else []),
+                           *(["--minutes", args.minutes] if args.minutes else [])])
     if args.command == "keys":
         return run_keys(args)
     if args.command == "openapi":

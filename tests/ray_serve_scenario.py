@@ -80,14 +80,15 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
     raise TimeoutError(f"no {what} within {timeout:.0f}s")
 
 
-def netns_processes() -> list[int]:
-    """Pids of the processes in this network namespace, other than this one."""
-    mine = os.readlink("/proc/self/ns/net")
+def netns_processes(netns: str | None = None) -> list[int]:
+    """Pids of the processes in network namespace `netns` (default: this process's), other than
+    this process: within the scenario's namespace, the only ones are those it started."""
+    netns = netns or os.readlink("/proc/self/ns/net")
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             with contextlib.suppress(OSError):
-                if os.readlink(entry / "ns" / "net") == mine:
+                if os.readlink(entry / "ns" / "net") == netns:
                     pids.append(int(entry.name))
     return pids
 
@@ -106,8 +107,8 @@ def replica_pids() -> set[int]:
 def ray_head(work: Path) -> Iterator[str]:
     """A one-node Ray cluster with its session files under `work`; yields the GCS address.
 
-    `ray start --block` takes the processes it started down on SIGTERM; whatever is still in this
-    namespace after that (this process and its ancestors are outside any such list) is killed.
+    `ray start --block` takes the processes it started down on SIGTERM; whatever else is still in
+    this namespace after that is killed by pid.
     """
     port = free_port()
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",

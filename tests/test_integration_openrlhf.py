@@ -2,7 +2,8 @@
 the rewards `/v1/score` gives for the same texts.
 
 The client is OpenRLHF's (openrlhf 0.11): `SingleTurnAgentExecutor`, whose `execute()` decodes
-each rollout into a query and whose `_fetch_rewards_via_http` posts it to `--remote_rm_url`.
+each rollout into a query and whose `_fetch_rewards_via_http` posts it to the URL given as
+`--reward.remote_url`.
 OpenRLHF is installed without its dependencies (`pip install --no-deps openrlhf`, plus aiohttp,
 sympy and pylatexenc that `openrlhf.utils` imports): its pins (flash-attn and deepspeed, which
 build against CUDA, and transformers==5.15) cannot be installed beside r2m on a CPU machine. The
@@ -66,7 +67,7 @@ def keyed_server(server_logs: Path, llama_rm_dir: Path) -> Iterator[Server]:
 
 
 def _with_key(url: str, key: str) -> str:
-    """The form an OpenRLHF user passes to `--remote_rm_url` when keys are on."""
+    """The form an OpenRLHF user passes to `--reward.remote_url` when keys are on."""
     return url.replace("http://", f"http://openrlhf:{key}@") + "/get_reward"
 
 

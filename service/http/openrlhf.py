@@ -1,4 +1,4 @@
-"""`POST /get_reward`: OpenRLHF's remote reward model (`--remote_rm_url`), with no OpenRLHF change.
+"""`POST /get_reward`: OpenRLHF's remote reward model (`--reward.remote_url`), no OpenRLHF change.
 
 It parses OpenRLHF's body (`r2m_proto.openrlhf`) and hands the engine an ordinary
 `ScoreRequest`, so limits, error shape, metrics and cross-request batching are exactly those of
@@ -40,6 +40,7 @@ from r2m_service.errors import RunExists, RunNotFound
 from r2m_service.http.auth import Scope, authorize
 from r2m_service.http.body import read_request
 from r2m_service.http.disconnect import unless_disconnected
+from r2m_service.http.openapi import tensor_body
 from r2m_service.http.routes import EngineDep, MetricsDep, SettingsDep, check_count
 
 router = APIRouter()
@@ -62,7 +63,8 @@ def _authorize(request: Request) -> None:
         request.state.api_key_name = key.name
 
 
-@router.post(PATH, tags=["openrlhf"], dependencies=[Depends(_authorize)])
+@router.post(PATH, tags=["openrlhf"], openapi_extra=tensor_body(GetRewardRequest),
+             dependencies=[Depends(_authorize)])
 async def get_reward(
     request: Request, engine: EngineDep, settings: SettingsDep, m: MetricsDep,
     run_id: Annotated[str | None, Query(
