@@ -30,8 +30,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
         concurrency: int = CONCURRENCY) -> dict[str, Any]:
     spec = ServerSpec()
     settings: dict[str, Any] = {
-        "concurrency": concurrency, "items_per_request": 1, "window_s": 0.5 if quick else 36.0,
-        "rounds": 1 if quick else 3, "words_per_text": 4 if quick else 16,
+        "concurrency": concurrency, "items_per_request": 1, "window_s": 0.5 if quick else 48.0,
+        "rounds": 1 if quick else 6, "words_per_text": 4 if quick else 16,
         "reward": "backbone-only (no run in the URL) vs /v1/score on a fresh run",
         "server": spec.record(), "quick": quick}
     own_pool = pool is None
@@ -61,6 +61,7 @@ def _measure(url: str, settings: dict[str, Any]) -> dict[str, Any]:
                                                  "items": [{"prompt": p, "response": r}]}),
     }
     loads: dict[str, LoadResult] = {}
+    per_round: dict[str, list[float]] = {route: [] for route in bodies}
     for body in bodies.values():  # warm-up: connections, the reserved run, first forwards
         asyncio.run(_closed_loop(url, 4, 0.2, texts, body))
     for round_ in range(settings["rounds"]):
@@ -69,7 +70,9 @@ def _measure(url: str, settings: dict[str, Any]) -> dict[str, Any]:
                                             settings["window_s"] / settings["rounds"], texts,
                                             bodies[route]))
             loads[route] = loads[route].merge(load) if route in loads else load
-    results: dict[str, Any] = {route: load.summary() for route, load in loads.items()}
+            per_round[route].append(load.summary()["items_per_s"])
+    results: dict[str, Any] = {route: {**load.summary(), "items_per_s_by_round": per_round[route]}
+                               for route, load in loads.items()}
     results["ratio"] = (results["/get_reward"]["items_per_s"]
                         / results["/v1/score"]["items_per_s"])
     return results

@@ -133,13 +133,19 @@ class UpdateGroup(_Strict):
 
     @model_validator(mode="after")
     def _same_k(self) -> UpdateGroup:
-        k = len(self.responses)
-        if len(self.hidden_states) != k:
-            raise ValueError(f"hidden_states has {len(self.hidden_states)} tensors for {k} "
-                             "responses; expected one per response")
-        if self.scores is not None and len(self.scores) != k:
-            raise ValueError(f"scores has {len(self.scores)} values for {k} responses")
+        check_one_per_response(self.responses, hidden_states=self.hidden_states,
+                               scores=self.scores)
         return self
+
+
+def check_one_per_response(responses: list[str], **per_response: list[object] | None) -> None:
+    """A group's per-response lists (tensors, scores) have one entry for each of its K
+    responses; a None list is absent and fine."""
+    k = len(responses)
+    for name, values in per_response.items():
+        if values is not None and len(values) != k:
+            raise ValueError(f"{name} has {len(values)} entries for {k} responses; expected "
+                             "one per response")
 
 
 class UpdatePair(_Strict):

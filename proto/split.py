@@ -19,7 +19,13 @@ from __future__ import annotations
 
 from pydantic import Field, FiniteFloat, model_validator
 
-from r2m_proto.schemas import RUN_ID_PATTERN, Step, TensorField, _Strict
+from r2m_proto.schemas import (
+    RUN_ID_PATTERN,
+    Step,
+    TensorField,
+    _Strict,
+    check_one_per_response,
+)
 from r2m_proto.tensors import WireTensor
 
 VectorField = TensorField  # a `[D_p]` vector, inline or named in the safetensors body
@@ -67,12 +73,7 @@ class ContextGroup(_Strict):
 
     @model_validator(mode="after")
     def _same_k(self) -> ContextGroup:
-        k = len(self.responses)
-        if len(self.contexts) != k:
-            raise ValueError(f"contexts has {len(self.contexts)} vectors for {k} responses; "
-                             "expected one per response")
-        if self.scores is not None and len(self.scores) != k:
-            raise ValueError(f"scores has {len(self.scores)} values for {k} responses")
+        check_one_per_response(self.responses, contexts=self.contexts, scores=self.scores)
         return self
 
 

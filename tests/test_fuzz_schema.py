@@ -32,12 +32,6 @@ include-path = "/v1/runs/{run_id}/checkpoint"
 include-method = "PUT"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "413",
                                                      "422", "429"]
-
-# OpenRLHF's /get_reward reads a body its document does not declare (so schemathesis sends
-# none, and the 400 is right); left to that route's owner.
-[[operations]]
-include-path = "/get_reward"
-enabled = false
 """
 
 
