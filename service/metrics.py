@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sized
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -86,13 +86,13 @@ class Metrics:
             "r2m_request_body_bytes", "Request body size.", ["route"],
             buckets=tuple(float(4**i) for i in range(4, 16)), registry=r)
 
-    def watch_capacity(self, runs: Sized, store: Any, limits: Mapping[str, float]) -> None:
+    def watch_capacity(self, runs: HeldRuns, store: Any, limits: Mapping[str, float]) -> None:
         """Gauges read at scrape time: runs held, their state bytes and the store's bytes in
         this process (`StateStore.usage`), next to the settings that bound each."""
         self.runs.set_function(lambda: len(runs))
         Gauge("r2m_run_state_bytes", "State bytes of the runs held (bounded by "
               "runs_memory_bytes).", registry=self.registry).set_function(
-                  lambda: runs.held_bytes)  # type: ignore[attr-defined]
+                  lambda: runs.held_bytes)
         self.registry.register(_UsageCollector(store))
         limit = Gauge("r2m_limit", "The settings that bound what grows with traffic, by "
                       "setting.", ["setting"], registry=self.registry)
@@ -111,6 +111,13 @@ class Metrics:
         for metric, labels in series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)
+
+
+class HeldRuns(Sized, Protocol):
+    """The run directory as the capacity gauges read it."""
+
+    @property
+    def held_bytes(self) -> int: ...
 
 
 class _UsageCollector(Collector):

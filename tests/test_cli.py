@@ -37,7 +37,7 @@ def test_every_flag_reaches_the_service(tmp_path: Path, llama_rm_dir: Path) -> N
         "rte_cache_bytes": 77_000, "idempotency_ttl_s": 60.5, "redis_url": redis.url,
         "idempotency_bytes": 1_000_000, "max_policy_hidden_size": 999, "max_attention_dim": 99,
         "max_total_steps": 9999, "max_run_bytes": 10**8, "runs_memory_bytes": 10**9,
-        "max_runs": 9, "retained_versions": 3, "drain_s": 0.0,
+        "max_runs": 9, "retained_versions": 3, "drain_s": 0.0, "get_reward_run_id": "cli-run",
         "redis_prefix": "cli-test", "checkpoint_dir": str(tmp_path / "state-files"),
         "lock_lease_s": 12.5, "min_version_wait_s": 0.5, "rte_ttl_s": 99.0,
         "log_level": "debug", "log_format": "text", "api_keys_file": str(keys_file),

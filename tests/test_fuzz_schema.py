@@ -56,7 +56,7 @@ def test_the_live_schema_holds_under_fuzzing(fuzzed_server: Server, tmp_path: Pa
                "--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--seed", "13",
                "--workers", "1", "--request-timeout", "60",
                "--report", "junit", "--report-dir", str(tmp_path / "report")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path,
                           env={"SCHEMATHESIS_HOOKS": "", "PATH": "/usr/bin:/bin"})
     summary = done.stdout[-6000:]
     assert done.returncode == 0, summary

@@ -45,13 +45,25 @@ def test_the_wheel_ships_every_package_and_the_openapi_document(
     assert "r2m_proto/openapi.json" in names
 
 
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment outside the checkout, holding torch (the heavy part, shared
+    by both artifacts); each test installs its artifact into it on top."""
+    path = tmp_path_factory.mktemp("release") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
+    subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "-q", TORCH],
+                   check=True, capture_output=True, timeout=900)
+    return path
+
+
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])
 def test_an_installed_artifact_serves_and_scores(kind: str, artifacts: dict[str, Path],
-                                                 tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+                                                 venv: Path, tmp_path: Path) -> None:
+    """The artifact alone, non-editable, with its `service` extra resolved by pip."""
     python, r2m = venv / "bin" / "python", venv / "bin" / "r2m"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", TORCH,
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "r2m"], check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run([str(python), "-m", "pip", "install", "-q",
                     f"r2m[service] @ {artifacts[kind].as_uri()}"],
                    check=True, capture_output=True, timeout=900)
     location = subprocess.run([str(python), "-c", "import r2m_service.http.app as a; "

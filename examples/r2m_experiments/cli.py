@@ -162,8 +162,9 @@ def results_markdown(summary: dict[str, object], plots: Sequence[Path], out: Pat
     lines = [
         f"# r2m experiments ({settings['mode']} mode)", "",
         f"Command: `{summary['command']}`  ",
-        f"Wall time: {summary['wall_time_s'] / 60:.1f} min on {machine['cpus']} CPUs "
-        f"({machine['processor']}, shared with other work), {machine['workers']} worker(s).  ",
+        f"Wall time of this invocation: {summary['wall_time_s'] / 60:.1f} min on "
+        f"{machine['cpus']} CPUs ({machine['processor']}, shared with other work), "
+        f"{machine['workers']} worker(s); runs resumed from an earlier one are not counted.  ",
         f"Seeds: {settings['seeds']} (headline arms), {settings['secondary_seeds']} (others); "
         f"{settings['steps']} RL steps × {settings['prompts_per_step']} prompts × "
         f"{settings['responses_per_prompt']} responses; fit {settings['fit_steps']} × "

@@ -52,7 +52,7 @@ class ExperimentConfig:
     final_window: int = 10  # "final" metrics average the last this-many steps
     # Time overhead (timing.py): these arms on a fresh server each, seed `seeds[0]`.
     timing_arms: tuple[str, ...] = ("vanilla", "r2m_frozen", "r2m")
-    timing_repeats: int = 2  # passes, alternating the arms' order
+    timing_repeats: int = 4  # passes, alternating the arms' order
     timing_steps: int = 30
 
     def replace(self, **changes: object) -> ExperimentConfig:

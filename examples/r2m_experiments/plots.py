@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from cycler import cycler
 
 from .arms import ARMS, SWEEP_ARMS
 from .gold import TOPIC_BONUS
@@ -30,6 +31,8 @@ SMOOTHING = 5  # steps in the moving average of the noisy per-step curves
 Records = Sequence[Mapping[str, object]]
 # Arms drawn in the per-step figures (all arms would be unreadable; the tables have them all).
 PAPER_ARMS = ("vanilla", *SWEEP_ARMS, "r2m_frozen", "r2m_noise", "iterative_head")
+# Up to 20 distinguishable lines: the ten default colours solid, then dashed.
+LINE_STYLES = cycler(linestyle=["-", "--"]) * cycler(color=plt.get_cmap("tab10").colors)
 GOLD_ARMS = ("vanilla", "r2m", "iterative_head", "r2m_gold8", "r2m_grebt_gold8", "head_gold8",
              "head_grebt_gold8")
 
@@ -98,6 +101,7 @@ def plot_frontier(records: Records, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
     for ax, names, title in ((axes[0], PAPER_ARMS, "paper arms and the online-lr sweep"),
                              (axes[1], GOLD_ARMS, "8 gold-labelled pairs per step")):
+        ax.set_prop_cycle(LINE_STYLES)
         for name, runs in _by_arm(records, names).items():
             _, kl, _ = _mean_band(runs, "kl")
             _, gold, _ = _mean_band(runs, "gold_reward")
@@ -123,6 +127,7 @@ def _lines(records: Records, path: Path, panels: Sequence[tuple[str, str, str]],
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     grouped = _by_arm(records, names)
     for ax, (key, panel_title, ylabel) in zip(axes, panels, strict=True):
+        ax.set_prop_cycle(LINE_STYLES)
         for name, runs in grouped.items():
             _, means, _ = _mean_band(runs, key)
             ax.plot(_smooth(means, SMOOTHING), label=ARMS[name].label, linewidth=1.1)

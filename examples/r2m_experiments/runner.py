@@ -32,6 +32,11 @@ from .report import run_record, write_json
 from .server import local_server
 
 
+def work_dir(out: Path) -> Path:
+    """Where server logs and the SFT cache go: beside the results, not among them (git-ignored)."""
+    return out / "work"
+
+
 @dataclass(frozen=True)
 class Job:
     arm: str
@@ -76,10 +81,12 @@ def run_jobs(config: ExperimentConfig, jobs: Sequence[Job], out: Path, service: 
     done = {job: _finished(out, job, config) for job in jobs} if resume else {}
     todo = [job for job in jobs if done.get(job) is None]
     records = {job: record for job, record in done.items() if record is not None}
-    cache = out / "sft"
+    if not todo:
+        return [records[job] for job in jobs]
+    cache = work_dir(out) / "sft"
     with tqdm(total=len(todo) * config.steps, unit="step", disable=not progress,
               file=sys.stderr) as bar, service_urls(service, max(1, min(workers, len(todo))),
-                                                     out) as urls:
+                                                     work_dir(out)) as urls:
         if len(urls) == 1 or len(todo) <= 1:
             _init_worker(urls, threads)
             results = (_run_job(config, job, out, cache) for job in todo)
@@ -103,11 +110,18 @@ def run_jobs(config: ExperimentConfig, jobs: Sequence[Job], out: Path, service: 
 
 
 def _finished(out: Path, job: Job, config: ExperimentConfig) -> dict[str, object] | None:
+    """The job's record if it ran under the same settings (the timing passes' settings aside:
+    they change no run)."""
     path = out / "runs" / job.file_name
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("settings") == json.loads(json.dumps(config.to_json())) else None
+    return record if _run_settings(record["settings"]) == _run_settings(config.to_json()) else None
+
+
+def _run_settings(settings: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in json.loads(json.dumps(settings)).items()
+            if not key.startswith("timing_")}
 
 
 # ---- worker side (module-level so that spawned processes can import them) ---------------------

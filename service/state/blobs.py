@@ -1,7 +1,9 @@
 """Where the Redis store puts a version's state bytes: in Redis itself (chunked keys), or as
 files in a directory every replica shares, with Redis keeping only the fenced head that points at
-them. A paper-scale run (D_rm = D_p = 4096, d = 2048) is ~400 MB a version; written to Redis it
-cost 8× the update itself (docs/measurements.md, "Paper-scale state"), written to a file ~1×.
+them. A paper-scale run (D_rm = D_p = 4096, d = 2048) is ~400 MB a version: in Redis that is
+400 MB sent and up to `retained_versions` × 400 MB held per run; in the directory Redis sees
+34 KB per update (docs/measurements.md, "Paper-scale state"). Both write straight from views of
+the run's tensors: no serialized copy of the state is ever made.
 
 Every blob is named by its version *and the update lock's token*: a writer whose lock lapsed
 writes under its own name and can never overwrite the bytes of the version another holder
