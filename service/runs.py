@@ -65,11 +65,17 @@ def resolve_config(request: CreateRunRequest, reward_hidden_size: int) -> RunCon
     return RunConfig(**values)
 
 
+RESOLVED_AT_CREATION = ("attention_dim", "seed")  # None in a request: chosen by the server
+
+
 def matches(request: CreateRunRequest, config: RunConfig) -> bool:
     """Whether an existing run's config is what a (retried) create asked for: every setting
-    the request gives explicitly or by default; unset `attention_dim`/`seed` match any."""
-    asked = request.model_dump(exclude={"run_id"}, exclude_none=True)
-    return all(getattr(config, name) == value for name, value in asked.items())
+    the request gives explicitly or by default. Unset `attention_dim`/`seed` match any (they
+    are resolved at creation); any other unset setting means its default, None included (an
+    unclipped run is not the same run as a clipped one)."""
+    asked = request.model_dump(exclude={"run_id"})
+    return all(getattr(config, name) == value for name, value in asked.items()
+               if value is not None or name not in RESOLVED_AT_CREATION)
 
 
 def build_run(run_id: str, config: RunConfig, reward_hidden_size: int, backbone_identity: str,

@@ -98,7 +98,7 @@ def test_tables_and_plots(quick_run: Path) -> None:
     for arm in ARMS.values():
         assert f"| {arm.label} | 1 |" in markdown, arm.label
     assert markdown.count("| 1e-06 |") == 1, "the sweep table has one row per rate"
-    assert "overhead vs vanilla" in markdown
+    assert "attributed overhead" in markdown
     for name in ("frontier", "heldout", "diagnostics", "gold_vs_proxy", "final_gold"):
         assert (quick_run / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
         assert f"({name}.png)" in markdown

@@ -164,5 +164,10 @@ def test_create_with_a_chosen_id_is_idempotent(http: httpx.Client) -> None:
     assert again.json() == first.json()
     other = http.post("/v1/runs", json={**body, "total_steps": 99})
     assert other.status_code == 409 and other.json()["error"]["field"] == "run_id"
+    assert other.json()["error"]["code"] == "run_exists"
+    clipped = {**body, "run_id": "clipped", "max_grad_norm": 1.0}
+    assert http.post("/v1/runs", json=clipped).status_code == 201
+    unclipped = http.post("/v1/runs", json={**body, "run_id": "clipped"})  # None is a setting
+    assert unclipped.status_code == 409, unclipped.text
     bad = http.post("/v1/runs", json={**body, "run_id": "no spaces/slashes"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "run_id"

@@ -47,9 +47,9 @@ def held_out_pairs(seed: int, natural: int, cue: int) -> HeldOut:
     rng = random.Random(f"heldout/{seed}")
     natural_pairs: list[PreferencePair] = []
     while len(natural_pairs) < natural:
-        prompt = prompt_for(rng.choice(PRODUCTS))
-        a, b = (sample_review(rng, prompt.split()[3], sign_off_rate=SFT_SIGN_OFF_RATE)
-                for _ in range(2))
+        product = rng.choice(PRODUCTS)
+        prompt = prompt_for(product)
+        a, b = (sample_review(rng, product, sign_off_rate=SFT_SIGN_OFF_RATE) for _ in range(2))
         gold_a, gold_b = gold_reward(prompt, a), gold_reward(prompt, b)
         if gold_a != gold_b:
             natural_pairs.append(PreferencePair(prompt, *((a, b) if gold_a > gold_b else (b, a))))

@@ -61,7 +61,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (0.0 for a single value): the ± of the results table."""
+    """Mean and sample std (0.0 for a single value)."""
     n = len(values)
     mean = sum(values) / n
     if n == 1:
