@@ -182,10 +182,13 @@ class RunDirectory:
         try:
             state = await self._on_model_thread(decode_run, await self._fetch(run.run_id))
             await self._on_model_thread(apply_state, run, state)
-        except (StoreUnavailable, RunNotFound):
+        except (StoreUnavailable, RunNotFound) as exc:
             log.warning("run %s: the failed commit could not be rolled back in place; it "
                         "reloads from the store on next use", run.run_id)
             self._forget(run.run_id)
+            # requests already waiting for this object must not see its uncommitted step
+            run.gate.retire(exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(
+                f"run {run.run_id} changed while an update failed to commit; retry"))
 
     def _encoder(self, run: Run) -> StateEncoder:
         async def encode() -> bytes:

@@ -239,3 +239,25 @@ def test_min_version_wakes_on_the_commit_not_a_poll() -> None:
         assert (await asyncio.wait_for(waiting, 5)).version == 1
     asyncio.run(scenario())
 
+
+
+def test_a_retired_gate_turns_away_waiting_and_later_requests() -> None:
+    async def scenario() -> list[str]:
+        gate, outcomes = RunGate(), []
+
+        async def reader() -> None:
+            try:
+                async with gate.read():
+                    outcomes.append("read")
+            except StoreUnavailable:
+                outcomes.append("refused")
+
+        async with gate.write():
+            waiting = asyncio.create_task(reader())
+            await asyncio.sleep(0)  # it waits behind the writer
+            gate.retire(StoreUnavailable("state unknown"))
+        await waiting
+        await reader()
+        return outcomes
+
+    assert asyncio.run(scenario()) == ["refused", "refused"]
