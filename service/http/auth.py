@@ -3,9 +3,10 @@ export one.
 
 Many training jobs share one service, so a key says what its holder may do:
 
-- `score`   POST /v1/score, GET /v1/runs/{id}, GET /v1/info
-- `update`  POST /v1/update, POST /v1/runs
-- `admin`   DELETE /v1/runs/{id}, GET /v1/runs/{id}/checkpoint, and everything above
+- `score`   POST /v1/score, POST /v1/split/{query,score}, POST /get_reward (OpenRLHF),
+            GET /v1/runs/{id}, GET /v1/info
+- `update`  POST /v1/update, POST /v1/split/{gradient,update}, POST /v1/runs
+- `admin`   DELETE /v1/runs/{id}, GET and PUT /v1/runs/{id}/checkpoint, and everything above
 - `metrics` GET /metrics, only when `R2M_METRICS_AUTH` is on (a scraper needs nothing else)
 
 `/healthz` and `/readyz` are always open: orchestrators probe them without credentials. No key
