@@ -37,7 +37,6 @@ from r2m_service.errors import InvalidInput
 from r2m_service.guards import optimizer_step
 from r2m_service.losses import LossTerms
 from r2m_service.metrics import LOSS_TERMS, Metrics
-from r2m_service.r2m_module import omega
 from r2m_service.reward_diagnostics import observe_scores
 from r2m_service.run_directory import RunDirectory
 from r2m_service.run_limits import RunLimits
@@ -133,8 +132,7 @@ class Engine:
         samples = await self.on_prep(self._prepare_score, request, run,
                                  body_tensors)
         async with run.gate.read():  # version, step and ω of one response belong together
-            step = run.step if request.step is None else request.step
-            omega_t = omega(step, run.config.total_steps, run.config.omega_floor)
+            step, omega_t = run.step_and_omega(request.step)
             job = ScoreJob(run, samples, omega_t, asyncio.get_running_loop().create_future(),
                            step)
             self.queue.put(job)
@@ -214,8 +212,7 @@ class Engine:
     def _update_now(self, run: Run, step: int | None, batch: UpdateBatch,
                     learning_rate: float | None = None) -> UpdateResponse:
         """One optimizer step. Nothing about the run changes unless every check passed."""
-        step = run.step if step is None else step
-        omega_t = omega(step, run.config.total_steps, run.config.omega_floor)
+        step, omega_t = run.step_and_omega(step)
         self.fill_rtes(batch.samples)
         started = time.perf_counter()
         rewards = self._rewards(run, batch.samples, omega_t)

@@ -10,7 +10,7 @@ import torch
 
 from r2m_proto.schemas import CreateRunRequest, RunConfig, RunInfo
 from r2m_service.guards import build_optimizer
-from r2m_service.r2m_module import TRAINABLE_TENSORS, R2MModule
+from r2m_service.r2m_module import TRAINABLE_TENSORS, R2MModule, omega
 from r2m_service.reward_diagnostics import RunDiagnostics
 from r2m_service.run_gate import RunGate
 from r2m_service.tensor_files import dump_tensors
@@ -34,6 +34,12 @@ class Run:
     version: int = 0
     gate: RunGate = field(default_factory=RunGate)
     diagnostics: RunDiagnostics = field(default_factory=RunDiagnostics, repr=False)
+
+    def step_and_omega(self, step: int | None) -> tuple[int, float]:
+        """The RL step a request names (else the run's) and ω(t) there. Read under the run's
+        gate, so a response's version, step and ω belong together."""
+        step = self.step if step is None else step
+        return step, omega(step, self.config.total_steps, self.config.omega_floor)
 
     def advance(self, step: int) -> None:
         """After an optimizer step taken at RL step `step`: the run is at a new version."""

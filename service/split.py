@@ -26,7 +26,6 @@ from r2m_proto.tensors import TensorView, WireTensor, encode_wire_tensor
 from r2m_service.engine import Engine
 from r2m_service.errors import InvalidInput, VersionConflict
 from r2m_service.hidden_states import HiddenStateResolver
-from r2m_service.r2m_module import omega
 from r2m_service.runs import Run
 from r2m_service.samples import Sample, UpdateBatch, prepare, stack_rtes
 from r2m_service.text_format import TextPair
@@ -54,7 +53,7 @@ class SplitPhases:
         run = await engine.runs.current(request.run_id, request.min_version)
         samples = await engine.on_prep(self._prepare_texts, request)
         async with run.gate.read():
-            step, omega_t = _step_and_omega(run, request.step)
+            step, omega_t = run.step_and_omega(request.step)
             queries = await engine.on_model(self._queries, run, samples)
             return SplitQueryResponse(version=run.version, step=step, omega=omega_t,
                                       queries=[_wire(u) for u in queries])
@@ -65,7 +64,7 @@ class SplitPhases:
         samples, contexts = await engine.on_prep(self._prepare_contexts, request, run, tensors)
         async with run.gate.read():
             _check_version(run, request.version)
-            step, omega_t = _step_and_omega(run, request.step)
+            step, omega_t = run.step_and_omega(request.step)
             rewards = await engine.on_model(self._rewards, run, samples, contexts, omega_t)
             return ScoreResponse(rewards=rewards, version=run.version, step=step, omega=omega_t)
 
@@ -76,7 +75,7 @@ class SplitPhases:
         work = await engine.on_prep(self._prepare_update, request, run, tensors)
         async with run.gate.read():
             _check_version(run, request.version)
-            _, omega_t = _step_and_omega(run, request.step)
+            _, omega_t = run.step_and_omega(request.step)
             loss, grads = await engine.on_model(self._context_grads, run, work, omega_t)
             return SplitGradientResponse(version=run.version, loss=loss,
                                          context_grads=[_wire(g) for g in grads])
@@ -181,7 +180,7 @@ class SplitPhases:
     def _step(self, run: Run, request: SplitUpdateRequest, work: ContextBatch) -> UpdateResponse:
         """The full mode's step: the loss with the contexts held fixed gives W_v, W_o and ϕ
         their gradients; u·∂L/∂u (∂L/∂u fixed) gives W_q and W_k theirs, through u alone."""
-        step, omega_t = _step_and_omega(run, request.step)
+        step, omega_t = run.step_and_omega(request.step)
         rte = self._rte(work.batch.samples)
         started = time.perf_counter()
         rewards = run.module.forward_from_context(rte, work.contexts.to(rte.device), omega_t)
@@ -192,13 +191,6 @@ class SplitPhases:
             surrogate = (run.module.policy_query(rte) * work.query_grads.to(rte.device)).sum()
         return self._engine.take_step(run, step, omega_t, terms, request.learning_rate, started,
                                       surrogate)
-
-
-def _step_and_omega(run: Run, step: int | None) -> tuple[int, float]:
-    """The request's RL step (else the run's) and ω there; read under the run's gate, so a
-    response's version, step and ω belong together."""
-    step = run.step if step is None else step
-    return step, omega(step, run.config.total_steps, run.config.omega_floor)
 
 
 def _check_version(run: Run, version: int) -> None:

@@ -38,10 +38,9 @@ from r2m_proto.schemas import (
 from r2m_service.engine import Engine
 from r2m_service.errors import RunExists, RunNotFound
 from r2m_service.http.auth import Scope, authorize
-from r2m_service.http.body import read_request
 from r2m_service.http.disconnect import unless_disconnected
 from r2m_service.http.openapi import tensor_body
-from r2m_service.http.routes import EngineDep, MetricsDep, SettingsDep, check_count
+from r2m_service.http.routes import EngineDep, MetricsDep, SettingsDep, check_count, read_body
 
 router = APIRouter()
 
@@ -72,8 +71,7 @@ async def get_reward(
         "server's `get_reward_run_id`, else the backbone-only reward.")] = None,
 ) -> GetRewardResponse:
     """OpenRLHF's remote-RM call: one reward per query, in order (`rewards` = `scores`)."""
-    body, _, size = await read_request(request, GetRewardRequest, settings.max_body_bytes)
-    m.body_bytes.labels(PATH).observe(size)
+    body, _ = await read_body(request, GetRewardRequest, settings, m, PATH)
     check_count(len(body.query), settings.max_items, "query")
     prompts = body.prompts or [None] * len(body.query)
     items = [ScoreItem(prompt=prompt, response=response)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from r2m_proto.media import CHECKPOINT_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER
 from r2m_proto.schemas import (
@@ -18,6 +19,7 @@ from r2m_proto.schemas import (
     UpdateResponse,
 )
 from r2m_proto.split import SplitGradientRequest
+from r2m_proto.tensors import TensorView
 from r2m_service import __version__
 from r2m_service.engine import Engine
 from r2m_service.errors import TooManyItems, Unavailable
@@ -29,6 +31,7 @@ from r2m_service.metrics import Metrics
 from r2m_service.settings import Settings
 
 router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
 
 
 def get_settings(request: Request) -> Settings:
@@ -139,8 +142,7 @@ async def import_checkpoint(run_id: str, request: Request, engine: EngineDep,
 async def score(request: Request, engine: EngineDep, settings: SettingsDep,
                 m: MetricsDep) -> ScoreResponse:
     """Rewards for prompt-response pairs (+ policy hidden states), one per item, in order."""
-    body, tensors, size = await read_request(request, ScoreRequest, settings.max_body_bytes)
-    m.body_bytes.labels("/v1/score").observe(size)
+    body, tensors = await read_body(request, ScoreRequest, settings, m, "/v1/score")
     check_count(len(body.items), settings.max_items, "items")
     return await unless_disconnected(request, engine.score(body, tensors))
 
@@ -153,10 +155,17 @@ async def update(request: Request, engine: EngineDep, settings: SettingsDep, m: 
                  idempotency_key: Annotated[str | None, Header(
                      alias=IDEMPOTENCY_KEY_HEADER, max_length=256)] = None) -> UpdateResponse:
     """One online R2M step: GREBT on self-labelled groups, or BT on labelled pairs."""
-    body, tensors, size = await read_request(request, UpdateRequest, settings.max_body_bytes)
-    m.body_bytes.labels("/v1/update").observe(size)
+    body, tensors = await read_body(request, UpdateRequest, settings, m, "/v1/update")
     check_update_count(body, settings.max_items)
     return await engine.update(body, tensors, idempotency_key)
+
+
+async def read_body(request: Request, schema: type[M], settings: Settings, metrics: Metrics,
+                    route: str) -> tuple[M, dict[str, TensorView] | None]:
+    """The request decoded as `schema` (and its tensors), its size recorded under `route`."""
+    body, tensors, size = await read_request(request, schema, settings.max_body_bytes)
+    metrics.body_bytes.labels(route).observe(size)
+    return body, tensors
 
 
 def check_update_count(body: UpdateRequest | SplitGradientRequest, limit: int) -> None:

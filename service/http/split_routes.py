@@ -19,7 +19,6 @@ from r2m_proto.split import (
     SplitUpdateRequest,
 )
 from r2m_service.http.auth import Scope, require
-from r2m_service.http.body import read_request
 from r2m_service.http.disconnect import unless_disconnected
 from r2m_service.http.openapi import tensor_body
 from r2m_service.http.routes import (
@@ -28,6 +27,7 @@ from r2m_service.http.routes import (
     SettingsDep,
     check_count,
     check_update_count,
+    read_body,
 )
 from r2m_service.split import SplitPhases
 
@@ -47,8 +47,7 @@ async def query(body: SplitQueryRequest, engine: EngineDep,
 async def score(request: Request, engine: EngineDep, settings: SettingsDep,
                 m: MetricsDep) -> ScoreResponse:
     """Rewards from the contexts c = softmax(h u)ᵀ h, at the query's version."""
-    body, tensors, size = await read_request(request, SplitScoreRequest, settings.max_body_bytes)
-    m.body_bytes.labels("/v1/split/score").observe(size)
+    body, tensors = await read_body(request, SplitScoreRequest, settings, m, "/v1/split/score")
     check_count(len(body.items), settings.max_items, "items")
     return await unless_disconnected(request, SplitPhases(engine).score(body, tensors))
 
@@ -58,9 +57,8 @@ async def score(request: Request, engine: EngineDep, settings: SettingsDep,
 async def gradient(request: Request, engine: EngineDep, settings: SettingsDep,
                    m: MetricsDep) -> SplitGradientResponse:
     """The update's loss and g = ∂L/∂c per sample, at the query's version (no step)."""
-    body, tensors, size = await read_request(request, SplitGradientRequest,
-                                             settings.max_body_bytes)
-    m.body_bytes.labels("/v1/split/gradient").observe(size)
+    body, tensors = await read_body(request, SplitGradientRequest, settings, m,
+                                    "/v1/split/gradient")
     check_update_count(body, settings.max_items)
     return await SplitPhases(engine).gradient(body, tensors)
 
@@ -71,8 +69,6 @@ async def update(request: Request, engine: EngineDep, settings: SettingsDep, m: 
                  idempotency_key: Annotated[str | None, Header(
                      alias=IDEMPOTENCY_KEY_HEADER, max_length=256)] = None) -> UpdateResponse:
     """The optimizer step from the contexts and ∂L/∂u: exactly `/v1/update`'s step."""
-    body, tensors, size = await read_request(request, SplitUpdateRequest,
-                                             settings.max_body_bytes)
-    m.body_bytes.labels("/v1/split/update").observe(size)
+    body, tensors = await read_body(request, SplitUpdateRequest, settings, m, "/v1/split/update")
     check_update_count(body, settings.max_items)
     return await SplitPhases(engine).update(body, tensors, idempotency_key)
