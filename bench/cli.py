@@ -21,7 +21,8 @@ from typing import Any
 from r2m_bench.common import RESULTS_DIR, Headline, write_result
 
 BENCHMARKS = ("efficiency", "overhead", "wire", "batching", "update")
-EXTRA = ("score_latency", "scale_out", "split", "overlap", "get_reward", "soak", "paper_state")
+EXTRA = ("score_latency", "scale_out", "split", "overlap", "get_reward", "soak", "paper_state",
+         "latency_under_load", "serve_rm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """Closed-loop HTTP load: N concurrent clients, each sending its next request as soon as its last
 one is answered, for a fixed window.
 
-Each worker owns its own `AsyncR2MClient` (one connection), like N separate trainers; httpx's
-shared pool would otherwise cap concurrency at 100 connections. Requests started before the
+Each worker owns its own client (one connection), like N separate trainers; httpx's shared pool
+would otherwise cap concurrency at 100 connections. The client is an `AsyncR2MClient`, or with
+`raw=True` a plain `httpx.AsyncClient` (for other servers, such as OpenRLHF's `serve_rm`). Requests started before the
 deadline all finish, and throughput is items ÷ (last answer − start), so a slow tail is counted
 rather than cut off. Retries are off: an overload shows up as errors, not as hidden waits.
 """
@@ -15,11 +16,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from r2m_bench.common import latency_stats
 from r2m_client import AsyncR2MClient, R2MError
 
-# one request: given the worker's client, send it and return the number of items it scored
-Send = Callable[[AsyncR2MClient], Awaitable[int]]
+# one request: given the worker's client (`AsyncR2MClient`, or `httpx.AsyncClient` when raw),
+# send it and return the number of items it scored (raise on an error answer)
+Send = Callable[[Any], Awaitable[int]]
 
 
 @dataclass
@@ -49,10 +53,12 @@ class LoadResult:
 
 
 async def closed_loop(url: str, concurrency: int, duration_s: float, send: Send,
-                      timeout_s: float = 600.0) -> LoadResult:
+                      timeout_s: float = 600.0, raw: bool = False) -> LoadResult:
     """Run `concurrency` workers for `duration_s` (each sends at least one request)."""
     result = LoadResult(concurrency)
-    clients = [AsyncR2MClient(url, retries=0, timeout=timeout_s) for _ in range(concurrency)]
+    clients = [httpx.AsyncClient(base_url=url, timeout=timeout_s) if raw
+               else AsyncR2MClient(url, retries=0, timeout=timeout_s)
+               for _ in range(concurrency)]
     try:
         started = time.perf_counter()
         deadline = started + duration_s
@@ -64,7 +70,7 @@ async def closed_loop(url: str, concurrency: int, duration_s: float, send: Send,
                 sent = time.perf_counter()
                 try:
                     items = await send(rm)
-                except R2MError as exc:
+                except (R2MError, httpx.HTTPError) as exc:
                     result.errors += 1
                     result.error_samples.append(f"{type(exc).__name__}: {exc}"[:200])
                 else:
@@ -79,9 +85,10 @@ async def closed_loop(url: str, concurrency: int, duration_s: float, send: Send,
         await asyncio.gather(*(worker(rm) for rm in clients))
         result.seconds = last_done - started
     finally:
-        await asyncio.gather(*(rm.close() for rm in clients))
+        await asyncio.gather(*(rm.aclose() if raw else rm.close() for rm in clients))
     return result
 
 
-def run_load(url: str, concurrency: int, duration_s: float, send: Send) -> LoadResult:
-    return asyncio.run(closed_loop(url, concurrency, duration_s, send))
+def run_load(url: str, concurrency: int, duration_s: float, send: Send, raw: bool = False
+             ) -> LoadResult:
+    return asyncio.run(closed_loop(url, concurrency, duration_s, send, raw=raw))

@@ -196,6 +196,10 @@ class InfoResponse(_Strict):
     max_body_bytes: int
     max_items: int
     runs: int
+    score_batch_tokens: int = Field(
+        0, description="Token budget of a /v1/score model batch now in force (padded tokens).")
+    score_batch_tokens_learned: bool = Field(
+        False, description="Whether that budget was learned from forward timings (else set).")
     software_version: str = Field(description="The r2m release serving (a run's `version` "
                                               "counts its updates; this is unrelated).")
     settings: dict[str, Any] = Field(

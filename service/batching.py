@@ -1,10 +1,17 @@
 """Concurrent /v1/score requests in, model batches out (TEI's `queue.rs`).
 
 - Items from many requests (and runs) share one backbone pass under a token budget (padded cost
-  = longest × count, like TEI) and a max batch size; cached RTEs cost no tokens.
-- Fair: a batch takes items round-robin across queued requests, so a 512-item request cannot
-  starve an 8-item one that arrived just after it. An item that would break the budget waits for
-  the next batch (FIFO per request).
+  = longest × count, like TEI) and a max batch size; cached RTEs cost no tokens. The budget comes
+  from `BatchSizer`: the smallest batch past which the backbone's throughput stops growing, so a
+  newcomer waits for at most about one small batch (service/batch_sizing.py).
+- Fair: each item goes to the queued request that has had the fewest items batched so far (ties:
+  the earlier request), so concurrent requests advance in step, round-robin, and a 512-item
+  request cannot starve an 8-item one. A newcomer starts one item behind the least-served request
+  queued: it rides in the very next batch, then takes its turn like the others. An item that
+  would break the budget waits for the next batch (FIFO per request).
+- Counted: each request learns how many other requests' items were batched ahead of its last one
+  (`ScoreJob.items_ahead`, from the batch in flight at its arrival on): head-of-line blocking as
+  a number, independent of how fast the machine is.
 - No max wait: the next batch forms the moment the model thread is free, and requests that came
   while it was busy are exactly what fills it (measured: a positive wait only costs; see
   docs/measurements.md).
@@ -15,9 +22,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import heapq
+from collections import Counter
 from dataclasses import dataclass, field
 
+from r2m_service.batch_sizing import BatchSizer
 from r2m_service.errors import Overloaded
 from r2m_service.runs import Run
 from r2m_service.samples import Sample, token_count
@@ -35,6 +44,8 @@ class ScoreJob:
     rewards: list[float] = field(default_factory=list)
     next_item: int = 0  # first item not yet handed to a batch
     done_items: int = 0
+    served: int = 0  # fair-share tag: items batched, counted from its start position
+    items_ahead: int = 0  # other requests' items batched before its last item's batch ended
 
     def __post_init__(self) -> None:
         self.rewards = [0.0] * len(self.samples)
@@ -61,14 +72,15 @@ class BatchItem:
 
 
 class ScoreQueue:
-    def __init__(self, *, max_queued_items: int, max_batch_tokens: int, max_batch_size: int,
+    def __init__(self, *, max_queued_items: int, sizer: BatchSizer, max_batch_size: int,
                  interleave: bool = True) -> None:
         self.max_queued_items = max_queued_items
-        self.max_batch_tokens = max_batch_tokens
+        self.sizer = sizer
         self.max_batch_size = max_batch_size
         self.interleave = interleave  # False: one request per batch (the "batcher off" baseline)
-        self._jobs: deque[ScoreJob] = deque()
+        self._jobs: list[ScoreJob] = []  # in arrival order, each with items left to batch
         self._queued_items = 0
+        self._in_flight = 0  # items of the batch the model thread is running
         self._wakeup = asyncio.Event()
 
     @property
@@ -78,6 +90,9 @@ class ScoreQueue:
     def put(self, job: ScoreJob) -> None:
         if self._queued_items + len(job.samples) > self.max_queued_items and self._jobs:
             raise Overloaded(self._queued_items, self.max_queued_items)
+        if self._jobs:  # one item ahead of the least-served request, then in step with it
+            job.served = max(0, min(j.served for j in self._jobs) - 1)
+        job.items_ahead = self._in_flight
         self._jobs.append(job)
         self._queued_items += len(job.samples)
         self._wakeup.set()
@@ -90,32 +105,42 @@ class ScoreQueue:
             job.next_item = len(job.samples)
 
     async def next_batch(self) -> list[BatchItem]:
+        """The next batch; calling it says the previous one has finished."""
+        self._in_flight = 0
         while not self._jobs:
             self._wakeup.clear()
             await self._wakeup.wait()
         return self._form_batch()
 
     def _form_batch(self) -> list[BatchItem]:
-        jobs = list(self._jobs) if self.interleave else [self._jobs[0]]
+        budget = self.sizer.next_budget()
+        jobs = self._jobs if self.interleave else self._jobs[:1]
+        turns = [(job.served, order, job) for order, job in enumerate(jobs)]
+        heapq.heapify(turns)  # least served first; ties by arrival
         items: list[BatchItem] = []
         longest, backbone_items = 0, 0
-        while len(items) < self.max_batch_size and any(j.unbatched for j in jobs):
-            for job in jobs:
-                if not job.unbatched:
-                    continue
-                tokens = token_count(job.samples[job.next_item])
-                if tokens:
-                    cost = max(longest, tokens) * (backbone_items + 1)
-                    if items and cost > self.max_batch_tokens:
-                        return self._take(items)  # carried to the next batch
-                    longest, backbone_items = max(longest, tokens), backbone_items + 1
-                items.append(BatchItem(job, job.next_item))
-                job.next_item += 1
-                if len(items) == self.max_batch_size:
-                    break
+        while turns and len(items) < self.max_batch_size:
+            job = turns[0][2]
+            tokens = token_count(job.samples[job.next_item])
+            if tokens:
+                cost = max(longest, tokens) * (backbone_items + 1)
+                if items and cost > budget:
+                    break  # carried to the next batch
+                longest, backbone_items = max(longest, tokens), backbone_items + 1
+            items.append(BatchItem(job, job.next_item))
+            job.next_item += 1
+            job.served += 1
+            if job.unbatched:
+                heapq.heapreplace(turns, (job.served, turns[0][1], job))
+            else:
+                heapq.heappop(turns)
         return self._take(items)
 
     def _take(self, items: list[BatchItem]) -> list[BatchItem]:
+        per_job = Counter(item.job for item in items)
+        for job in self._jobs:  # every queued request waits for this batch's other items
+            job.items_ahead += len(items) - per_job[job]
         self._queued_items -= len(items)
-        self._jobs = deque(j for j in self._jobs if j.unbatched)
+        self._in_flight = len(items)
+        self._jobs = [j for j in self._jobs if j.unbatched]
         return items

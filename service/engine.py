@@ -31,6 +31,7 @@ from r2m_proto.schemas import (
 )
 from r2m_proto.tensors import TensorView
 from r2m_service.backbone import Backbone, Embedded
+from r2m_service.batch_sizing import BatchSizer
 from r2m_service.batching import BatchItem, ScoreJob, ScoreQueue
 from r2m_service.checkpoint_import import checkpoint_weights, load_weights
 from r2m_service.errors import InvalidInput
@@ -62,10 +63,12 @@ class Engine:
         self.backbone = backbone
         self.metrics = metrics
         self.store = store
-        self.queue = ScoreQueue(max_queued_items=settings.max_queued_items,
-                                max_batch_tokens=settings.max_batch_tokens,
+        self.sizer = BatchSizer(settings.max_batch_tokens, settings.batch_throughput_tolerance,
+                                settings.score_batch_tokens)
+        self.queue = ScoreQueue(max_queued_items=settings.max_queued_items, sizer=self.sizer,
                                 max_batch_size=settings.max_batch_size,
                                 interleave=settings.batching)
+        metrics.watch_batching(self.sizer)
         self._rte_cache = store.rte_cache
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="r2m-model")
         self.runs = RunDirectory(store, self.on_model, reward_hidden_size=backbone.hidden_size,
@@ -78,6 +81,9 @@ class Engine:
         self._batcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.on_model(self.sizer.probe, self.backbone, self.queue.max_batch_size)
+        log.info("score batches: a %d-token budget (%s)", self.sizer.budget(),
+                 "learned from forward timings" if self.sizer.learned else "set")
         self._batcher = asyncio.create_task(self._batch_loop(), name="r2m-batcher")
         restored = await self.runs.start()
         if restored:
@@ -143,6 +149,7 @@ class Engine:
                 self.queue.cancel(job)
                 self.metrics.queue_size.set(self.queue.queued_items)
                 raise
+            self.metrics.items_ahead.observe(job.items_ahead)
             version = run.version
         return ScoreResponse(rewards=rewards, version=version, step=step, omega=omega_t)
 
@@ -290,6 +297,7 @@ class Engine:
 
     def _observe_forward(self, embedded: Embedded) -> None:
         for forward in embedded.passes:
+            self.sizer.observe(forward.padded_tokens, forward.seconds)
             self.metrics.batch_tokens.observe(forward.padded_tokens)
             self.metrics.backbone_duration.observe(forward.seconds)
 
@@ -310,4 +318,3 @@ class Engine:
     async def on_model(self, fn: Callable[..., T], *args: object) -> T:
         """Run on the model thread, where all torch work on runs happens."""
         return await self._on(self._model_thread, fn, *args)
-

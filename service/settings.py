@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, gt=0, description="Max sequences per model batch.")
     max_batch_tokens: int = Field(
         16384, gt=0, description="Token budget of a backbone forward (padded: longest × count).")
+    score_batch_tokens: int | None = Field(
+        None, gt=0, description="Token budget of a /v1/score model batch (padded: longest × "
+        "count). Unset: learned from the backbone's forward timings, the smallest batch past "
+        "which tokens/s stops growing, so a small request never waits behind a big batch. "
+        "Set it to max_batch_tokens to always fill batches to the limits.")
+    batch_throughput_tolerance: float = Field(
+        0.1, gt=0, lt=1, description="Learned batch budget: the smallest batch whose tokens/s "
+                                     "is within this fraction of the best measured.")
     max_queued_items: int = Field(
         4096, gt=0, description="Score items allowed to wait; past it requests get 429.")
     batching: bool = Field(

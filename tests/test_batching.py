@@ -1,5 +1,6 @@
 """The micro-batcher: shared batches give the same rewards, stay fair, push back when full, and
-shrug off clients that leave."""
+shrug off clients that leave; batches are sized by what forwards cost, so a small request is not
+stuck behind a big one (the sizer and the queue alone with given timings, then a real server)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import httpx
 import pytest
 
 from r2m_client import AsyncR2MClient, R2MClient
+from r2m_service.backbone import Backbone
+from r2m_service.batch_sizing import EXPLORE_EVERY, BatchSizer
+from r2m_service.batching import ScoreJob, ScoreQueue
+from r2m_service.samples import Sample
+from r2m_service.text_format import Encoded, TextPair
 from tests.conftest import Server, _session_server
 from tests.helpers import D_P, hidden
 
@@ -171,3 +177,193 @@ def test_client_splits_by_the_servers_item_limit(limits_server: Server) -> None:
         assert rewards == pytest.approx(
             [rm.score(run_id, [p], [r]).rewards[0] for p, r in zip(prompts, responses,
                                                                      strict=True)], abs=1e-5)
+
+
+# ---- batch sizing: the sizer and the queue with given timings ----------------------------------
+
+# tokens/s by padded tokens per forward: a CPU-like curve, flat from 128 tokens (batch 4 of 32)
+CPU_RATES = {32: 1000.0, 64: 1600.0, 128: 2400.0, 256: 2500.0, 512: 2550.0, 1024: 2450.0}
+
+
+def fed(rates: dict[int, float], max_tokens: int = 16384, tolerance: float = 0.1
+        ) -> BatchSizer:
+    sizer = BatchSizer(max_tokens, tolerance)
+    for tokens, rate in rates.items():
+        sizer.observe(tokens, tokens / rate)
+    return sizer
+
+
+def test_budget_is_the_smallest_within_the_tolerance_of_the_best_rate() -> None:
+    assert fed(CPU_RATES).budget() == 128  # 2400 ≥ 0.9 × 2550; 1600 is not
+    assert fed(CPU_RATES, tolerance=0.02).budget() == 256
+    # a GPU-like backbone: a forward costs the same whatever its size, so the biggest wins
+    gpu = BatchSizer(16384, 0.1)
+    for tokens in (32, 256, 2048, 16384):
+        gpu.observe(tokens, 0.01)
+    assert gpu.budget() == 16384
+    assert BatchSizer(4096, 0.1).budget() == 4096  # nothing measured yet: the plain limit
+
+
+def test_forwards_count_for_the_nearest_candidate_in_a_moving_average() -> None:
+    sizer = BatchSizer(16384, 0.1)
+    sizer.observe(200, 0.1)  # log2(200) = 7.6: nearest 256
+    sizer.observe(180, 0.1)  # 7.5: nearest 128
+    assert sizer.rates == {256: pytest.approx(2000.0), 128: pytest.approx(1800.0)}
+    sizer.observe(256, 256 / 1000)
+    assert sizer.rates[256] == pytest.approx(2000 + 0.25 * (1000 - 2000))
+    assert sizer.candidates[0] == 16 and sizer.candidates[-1] == 16384
+    assert BatchSizer(999, 0.1).candidates[-2:] == [512, 999]
+
+
+def test_the_budget_follows_the_timings_while_serving() -> None:
+    sizer = fed(CPU_RATES)
+    for _ in range(12):  # the machine changed: 256-token forwards now run twice as fast
+        sizer.observe(256, 256 / 5000)
+    assert sizer.budget() == 256
+
+
+def test_every_so_often_a_batch_tries_the_neighbouring_budgets() -> None:
+    sizer = fed(CPU_RATES)
+    budgets = [sizer.next_budget() for _ in range(4 * EXPLORE_EVERY)]
+    explored = {i + 1: b for i, b in enumerate(budgets) if b != 128}
+    assert explored == {EXPLORE_EVERY: 256, 2 * EXPLORE_EVERY: 64, 3 * EXPLORE_EVERY: 256,
+                        4 * EXPLORE_EVERY: 64}
+
+
+def test_a_set_budget_is_kept_as_set() -> None:
+    sizer = BatchSizer(16384, 0.1, fixed=300)
+    sizer.observe(64, 1e-6)
+    assert not sizer.learned and sizer.rates == {}
+    assert {sizer.next_budget() for _ in range(3 * EXPLORE_EVERY)} == {300}
+    assert BatchSizer(1000, 0.1, fixed=5000).budget() == 1000  # never past max_batch_tokens
+
+
+def test_probe_times_growing_batches_of_the_real_backbone(llama_rm_dir: Path) -> None:
+    backbone = Backbone(str(llama_rm_dir), max_length=64)
+    sizer = BatchSizer(16384, 0.1)
+    sizer.probe(backbone, max_sequences=64)
+    assert len(sizer.rates) >= 3 and all(rate > 0 for rate in sizer.rates.values())
+    assert sizer.budget() in sizer.rates
+    fixed = BatchSizer(16384, 0.1, fixed=64)
+    fixed.probe(backbone, max_sequences=64)
+    assert fixed.rates == {}
+
+
+def _job(loop: asyncio.AbstractEventLoop, items: int, tokens: int = 10) -> ScoreJob:
+    samples = [Sample(TextPair("p", f"r{i}", f"items[{i}]"), None,
+                      encoded=Encoded(list(range(tokens)), None)) for i in range(items)]
+    return ScoreJob(run=None, samples=samples, omega=1.0,  # type: ignore[arg-type]
+                    future=loop.create_future())
+
+
+def _queue(budget: int, max_batch_size: int = 64) -> ScoreQueue:
+    return ScoreQueue(max_queued_items=10_000, sizer=BatchSizer(16384, 0.1, fixed=budget),
+                      max_batch_size=max_batch_size)
+
+
+@pytest.mark.parametrize(("budget", "in_flight", "own_batch"), [(40, 4, 4), (16384, 64, 64)])
+def test_a_newcomer_rides_the_next_batch_and_counts_what_it_waited_for(
+        budget: int, in_flight: int, own_batch: int) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        queue = _queue(budget)
+        big, small = _job(loop, 256), _job(loop, 1)
+        queue.put(big)
+        assert len(await queue.next_batch()) == in_flight
+        queue.put(small)  # arrives while the first batch runs
+        second = await queue.next_batch()
+        assert second[0].job is small and len(second) == own_batch
+        # ahead of it: the batch in flight, then the big request's share of its own batch
+        assert small.items_ahead == in_flight + own_batch - 1
+        while queue.queued_items:
+            await queue.next_batch()
+        assert big.items_ahead == 1
+    asyncio.run(scenario())
+
+
+def test_small_batches_still_share_turns_equally() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        queue = _queue(40)  # 4 items of 10 tokens per batch, 8 requests queued
+        jobs = [_job(loop, 8) for _ in range(8)]
+        for job in jobs:
+            queue.put(job)
+        for _ in range(4):  # every two batches, each request gets exactly one item in
+            seen = [item.job for _ in range(2) for item in await queue.next_batch()]
+            assert sorted(map(id, seen)) == sorted(map(id, jobs))
+    asyncio.run(scenario())
+
+
+# ---- batch sizing: a real server --------------------------------------------------------------
+
+SMALL_BUDGET = 128  # tokens: MiniLM's texts below are ≥ 16 tokens, so ≤ 8 items per batch
+
+
+@pytest.fixture(scope="module")
+def small_batch_server(server_logs: Path) -> Iterator[Server]:
+    yield from _session_server(server_logs,
+                               env={"R2M_SCORE_BATCH_TOKENS": str(SMALL_BUDGET)})
+
+
+def test_a_small_request_waits_for_small_batches_not_the_big_request(
+        small_batch_server: Server) -> None:
+    url = small_batch_server.url
+    info = httpx.get(f"{url}/v1/info").json()
+    assert info["score_batch_tokens"] == SMALL_BUDGET
+    assert info["score_batch_tokens_learned"] is False
+
+    async def scenario() -> list[str]:
+        async with AsyncR2MClient(url) as rm:
+            run_id = (await rm.create_run(policy_hidden_size=D_P, total_steps=10)).run_id
+            finished: list[str] = []
+
+            async def big() -> None:
+                await rm.score(run_id, *texts("big", 256))
+                finished.append("big")
+
+            async def small() -> None:
+                while _metric(url, "r2m_queue_size") == 0:  # the big request is queued
+                    await asyncio.sleep(0.01)
+                await rm.score(run_id, *texts("small", 1))
+                finished.append("small")
+
+            await asyncio.gather(big(), small())
+            return finished
+
+    before = httpx.get(f"{url}/metrics").text
+    assert asyncio.run(scenario()) == ["small", "big"]
+    after = httpx.get(f"{url}/metrics").text
+    batches = _delta(before, after, "r2m_batch_size_count")
+    assert batches >= 256 / 8 and _delta(before, after, 'r2m_batch_size_bucket{le="8.0"}') \
+        == batches  # every batch held at most 8 items
+    assert _delta(before, after, "r2m_score_items_ahead_count") == 2
+    # the big request had the small one's item ahead of it; the small one waited for at most
+    # the batch in flight and the big request's share of its own batch (with 64-item batches:
+    # 64 + 63)
+    small_ahead = _delta(before, after, "r2m_score_items_ahead_sum") - 1
+    assert small_ahead <= 8 + 7
+
+
+def test_a_learned_budget_is_shown_in_info_and_metrics(default_server: Server) -> None:
+    info = httpx.get(f"{default_server.url}/v1/info").json()
+    assert info["score_batch_tokens_learned"] is True
+    assert info["settings"]["score_batch_tokens"] is None
+    metrics = httpx.get(f"{default_server.url}/metrics").text
+    assert _metric(default_server.url, "r2m_batch_token_budget") == info["score_batch_tokens"]
+    rates = re.findall(r'^r2m_forward_tokens_per_second\{budget="(\d+)"\} (\S+)$', metrics,
+                       re.M)
+    assert len(rates) >= 2 and str(info["score_batch_tokens"]) in dict(rates)
+
+
+def _metric(url: str, name: str) -> float:
+    return _value(httpx.get(f"{url}/metrics").text, name)
+
+
+def _value(text: str, sample: str) -> float:
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    assert match, sample
+    return float(match.group(1))
+
+
+def _delta(before: str, after: str, sample: str) -> float:
+    return _value(after, sample) - _value(before, sample)

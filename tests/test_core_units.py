@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from r2m_proto.schemas import CreateRunRequest, RunConfig, UpdateResponse
+from r2m_service.batch_sizing import BatchSizer
 from r2m_service.batching import ScoreJob, ScoreQueue
 from r2m_service.errors import InvalidInput, Overloaded, StoreUnavailable
 from r2m_service.run_directory import RunDirectory
@@ -33,10 +34,14 @@ def _job(loop: asyncio.AbstractEventLoop, tokens: list[int]) -> ScoreJob:
                     future=loop.create_future())
 
 
+def _budget(tokens: int) -> BatchSizer:
+    return BatchSizer(tokens, 0.1, fixed=tokens)
+
+
 def test_queue_takes_items_round_robin_across_requests() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        queue = ScoreQueue(max_queued_items=100, max_batch_tokens=10_000, max_batch_size=6)
+        queue = ScoreQueue(max_queued_items=100, sizer=_budget(10_000), max_batch_size=6)
         big, small = _job(loop, [4] * 10), _job(loop, [4] * 2)
         queue.put(big)
         queue.put(small)
@@ -53,7 +58,7 @@ def test_queue_takes_items_round_robin_across_requests() -> None:
 def test_queue_keeps_the_token_budget_and_carries_the_rest() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        queue = ScoreQueue(max_queued_items=100, max_batch_tokens=30, max_batch_size=64)
+        queue = ScoreQueue(max_queued_items=100, sizer=_budget(30), max_batch_size=64)
         queue.put(_job(loop, [10, 10, 10, 10]))
         first = await queue.next_batch()
         assert [item.index for item in first] == [0, 1, 2]  # 4 × 10 padded tokens > 30
@@ -64,7 +69,7 @@ def test_queue_keeps_the_token_budget_and_carries_the_rest() -> None:
 def test_queue_refuses_past_its_bound_and_forgets_cancelled_requests() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        queue = ScoreQueue(max_queued_items=5, max_batch_tokens=1000, max_batch_size=2)
+        queue = ScoreQueue(max_queued_items=5, sizer=_budget(1000), max_batch_size=2)
         kept, dropped = _job(loop, [1, 1]), _job(loop, [1, 1, 1])
         queue.put(kept)
         queue.put(dropped)
@@ -80,7 +85,7 @@ def test_queue_refuses_past_its_bound_and_forgets_cancelled_requests() -> None:
 def test_queue_without_interleaving_serves_one_request_per_batch() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        queue = ScoreQueue(max_queued_items=100, max_batch_tokens=1000, max_batch_size=8,
+        queue = ScoreQueue(max_queued_items=100, sizer=_budget(1000), max_batch_size=8,
                            interleave=False)
         a, b = _job(loop, [1, 1]), _job(loop, [1, 1])
         queue.put(a)

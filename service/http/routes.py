@@ -87,7 +87,9 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         backbone_identity=backbone.identity, reward_hidden_size=backbone.hidden_size,
         dtype=backbone.dtype, device=str(backbone.device), max_length=backbone.max_length,
         max_body_bytes=settings.max_body_bytes, max_items=settings.max_items,
-        runs=len(engine.runs), software_version=__version__, settings=settings.public())
+        runs=len(engine.runs), score_batch_tokens=engine.sizer.budget(),
+        score_batch_tokens_learned=engine.sizer.learned, software_version=__version__,
+        settings=settings.public())
 
 
 @router.post("/v1/runs", status_code=201, tags=["runs"],
