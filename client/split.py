@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from r2m_client.errors import R2MInputError
+from r2m_proto.split import ContextRef
 
 
 @dataclass(frozen=True)
@@ -47,40 +48,78 @@ def attend(hidden: object, query: torch.Tensor, field: str) -> Attention:
     return Attention(states, weights, weights @ states)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    version: int
+    query: torch.Tensor  # u [D_p], CPU
+    context: torch.Tensor | None  # the c the score sent [D_p], CPU float32
+    ref: ContextRef | None  # where the server keeps that c
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """What a score left for the update of the same samples, all at one version."""
+
+    version: int
+    queries: list[torch.Tensor]
+    _entries: list[_Entry]
+
+    def context_refs(self, attention: Sequence[Attention]) -> list[ContextRef] | None:
+        """The server's copies of the contexts, if it holds every one and each equals, bit for
+        bit, the context computed now (the same hidden states as at the score); else None: the
+        contexts go inline, so a reference can never stand for a different c."""
+        refs = []
+        for entry, now in zip(self._entries, attention, strict=True):
+            if entry.ref is None or entry.context is None \
+                    or not torch.equal(entry.context, now.context.cpu()):
+                return None
+            refs.append(entry.ref)
+        return refs
+
+
 class QueryCache:
     """The u vectors of recent score calls, per run version, so the update of the same samples
     (the next thing an RL step does) can skip its query phase: u depends only on the sample's
     text and the module's version, so while no update lands in between, it is still exact. If
-    one did, the server answers 409 and the update asks afresh. Bounded by bytes, LRU."""
+    one did, the server answers 409 and the update asks afresh. With each u, the context the
+    score sent and the server's token for it, so the update need not send it again. Bounded by
+    bytes, LRU."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str, str], tuple[int, torch.Tensor]] = (
-            OrderedDict())
+        self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
         self._bytes = 0
 
     def put(self, run_id: str, version: int, prompts: Sequence[str], responses: Sequence[str],
-            queries: Sequence[torch.Tensor]) -> None:
-        for prompt, response, query in zip(prompts, responses, queries, strict=True):
+            queries: Sequence[torch.Tensor], contexts: Sequence[torch.Tensor] | None = None,
+            token: str | None = None) -> None:
+        """`contexts` (in sample order) were sent with the score that answered `token`."""
+        for i, (prompt, response, query) in enumerate(zip(prompts, responses, queries,
+                                                          strict=True)):
             old = self._entries.pop((run_id, prompt, response), None)
             if old is not None:
-                self._bytes -= old[1].nbytes
-            self._entries[(run_id, prompt, response)] = (version, query)
-            self._bytes += query.nbytes
+                self._bytes -= _nbytes(old)
+            entry = _Entry(version, query.cpu(),
+                           None if contexts is None else contexts[i].detach().cpu(),
+                           None if token is None else ContextRef(token=token, index=i))
+            self._entries[(run_id, prompt, response)] = entry
+            self._bytes += _nbytes(entry)
         while self._bytes > self.max_bytes and self._entries:
-            self._bytes -= self._entries.popitem(last=False)[1][1].nbytes
+            self._bytes -= _nbytes(self._entries.popitem(last=False)[1])
 
     def get(self, run_id: str, prompts: Sequence[str], responses: Sequence[str]
-            ) -> tuple[int, list[torch.Tensor]] | None:
-        """(version, u per sample) if every sample is cached at one version, else None."""
+            ) -> Recalled | None:
+        """Every sample's entry if all are cached at one version, else None."""
         found = [self._entries.get((run_id, p, r)) for p, r in zip(prompts, responses,
                                                                     strict=True)]
-        if not found or any(f is None for f in found):
+        entries = [f for f in found if f is not None]
+        if not found or len(entries) < len(found) or len({e.version for e in entries}) != 1:
             return None
-        versions = {f[0] for f in found if f is not None}
-        if len(versions) != 1:
-            return None
-        return versions.pop(), [f[1] for f in found if f is not None]
+        return Recalled(entries[0].version, [e.query for e in entries], entries)
+
+
+def _nbytes(entry: _Entry) -> int:
+    return entry.query.nbytes + (0 if entry.context is None else entry.context.nbytes)
 
 
 def attend_all(hidden: Sequence[object], queries: Sequence[torch.Tensor],

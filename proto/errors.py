@@ -17,6 +17,8 @@ class ErrorCode(str, Enum):
     RUN_NOT_FOUND = "run_not_found"
     NOT_FOUND = "not_found"
     VERSION_CONFLICT = "version_conflict"  # min_version not reached in time
+    # split mode: a context token expired, unknown, of another run or version; resend c inline
+    CONTEXT_TOKEN_STALE = "context_token_stale"
     RUN_EXISTS = "run_exists"  # a caller-chosen run id taken by a run with other settings
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"

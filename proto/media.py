@@ -5,6 +5,9 @@ JSON_MEDIA_TYPE = "application/json"
 # whose tensors are the hidden states, referenced from that JSON by name.
 SAFETENSORS_MEDIA_TYPE = "application/vnd.r2m+safetensors"
 SAFETENSORS_REQUEST_KEY = "request"
+# An answer in the same format (split mode, on `Accept: SAFETENSORS_MEDIA_TYPE`): the answer JSON
+# under this metadata key, its vector fields naming the file's tensors.
+SAFETENSORS_RESPONSE_KEY = "response"
 CHECKPOINT_MEDIA_TYPE = "application/octet-stream"
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"

@@ -54,6 +54,12 @@ class VersionConflict(ServiceError):
                          "query phase; restart from /v1/split/query", "version")
 
 
+class StaleContextToken(ServiceError):
+    """A split-mode phase names a context token the server no longer holds (expired, evicted,
+    never made here) or one made for another run or version: start again from the query with
+    the contexts inline."""
+
+
 class RetryLater(ServiceError):
     """A refusal that passes: the caller should retry after `retry_after_s` (None: not soon)."""
 

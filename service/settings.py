@@ -34,14 +34,6 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, gt=0, description="Max sequences per model batch.")
     max_batch_tokens: int = Field(
         16384, gt=0, description="Token budget of a backbone forward (padded: longest × count).")
-    score_batch_tokens: int | None = Field(
-        None, gt=0, description="Token budget of a /v1/score model batch (padded: longest × "
-        "count). Unset: learned from the backbone's forward timings, the smallest batch past "
-        "which tokens/s stops growing, so a small request never waits behind a big batch. "
-        "Set it to max_batch_tokens to always fill batches to the limits.")
-    batch_throughput_tolerance: float = Field(
-        0.1, gt=0, lt=1, description="Learned batch budget: the smallest batch whose tokens/s "
-                                     "is within this fraction of the best measured.")
     max_queued_items: int = Field(
         4096, gt=0, description="Score items allowed to wait; past it requests get 429.")
     batching: bool = Field(
@@ -93,6 +85,13 @@ class Settings(BaseSettings):
     min_version_wait_s: float = Field(
         5.0, ge=0, description="How long /v1/score waits for `min_version` before 409.")
     rte_ttl_s: float = Field(24 * 3600, gt=0, description="Lifetime of RTEs cached in Redis.")
+    split_context_ttl_s: float = Field(
+        600.0, gt=0, description="Lifetime of a split-mode context token (the contexts a score "
+                                 "received, kept so the update need not resend them).")
+    split_context_bytes: int = Field(
+        256 * MiB, ge=0, description="Bytes of split-mode context tokens kept in this process "
+                                     "(oldest dropped first; 0: none, trainers resend contexts). "
+                                     "With Redis, tokens live there for split_context_ttl_s.")
     get_reward_run_id: str | None = Field(
         None, pattern=RUN_ID_PATTERN, description="Run whose reward ϕ(H_last) POST /get_reward "
         "(OpenRLHF) serves when its URL names none; unset: the backbone-only reward.")
@@ -118,8 +117,8 @@ class Settings(BaseSettings):
     def bounds(self) -> dict[str, float]:
         """The settings that bound what grows with traffic (metric `r2m_limit`)."""
         return {name: getattr(self, name) for name in (
-            "rte_cache_bytes", "idempotency_bytes", "runs_memory_bytes", "max_runs",
-            "max_run_bytes", "retained_versions", "max_queued_items", "max_body_bytes")}
+            "rte_cache_bytes", "idempotency_bytes", "split_context_bytes", "runs_memory_bytes",
+            "max_runs", "max_run_bytes", "retained_versions", "max_queued_items", "max_body_bytes")}
 
     def public(self) -> dict[str, object]:
         """The settings as `/v1/info` shows them: key lines hidden, a Redis password masked."""

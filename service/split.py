@@ -1,36 +1,45 @@
 """Split mode on the server (the protocol is in `proto/split.py`): the phases of a score and of
 an update when the trainer keeps the policy's hidden states and ships `[D_p]` vectors instead.
 
-Stateless between phases: each phase finds its samples' RTEs in the RTE cache (or recomputes
-them), recomputes the module's forward from the contexts, and checks that the run is still at
-the version the query phase answered, so one score or update never mixes two versions.
+Between phases the server keeps only the contexts c, under a short-lived token
+(`context_tokens.py`), so the update need not resend what the score sent. Everything else is
+recomputed or cached: each phase finds its samples' RTEs in the RTE cache (or recomputes them),
+recomputes the module's forward from the contexts, and checks that the run is still at the
+version the query phase answered, so one score or update never mixes two versions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from r2m_proto.schemas import ScoreResponse, UpdateResponse
+from r2m_proto.schemas import UpdateResponse
 from r2m_proto.split import (
+    ContextRef,
     SplitGradientRequest,
     SplitGradientResponse,
     SplitQueryRequest,
     SplitQueryResponse,
     SplitScoreRequest,
+    SplitScoreResponse,
     SplitUpdateRequest,
 )
-from r2m_proto.tensors import TensorView, WireTensor, encode_wire_tensor
+from r2m_proto.tensors import TensorView, WireTensor
+from r2m_service.context_tokens import ContextEntry, sample_digest
 from r2m_service.engine import Engine
-from r2m_service.errors import InvalidInput, VersionConflict
+from r2m_service.errors import InvalidInput, StaleContextToken, VersionConflict
 from r2m_service.hidden_states import HiddenStateResolver
 from r2m_service.runs import Run
 from r2m_service.samples import Sample, UpdateBatch, prepare, stack_rtes
 from r2m_service.text_format import TextPair
 
 Tensors = dict[str, TensorView] | None
+# How an answer carries a vector: (field name, float32 vector) → inline or named (`AnswerTensors`)
+VectorSink = Callable[[str, torch.Tensor], WireTensor | str]
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class ContextBatch:
     batch: UpdateBatch
     contexts: torch.Tensor  # [B, D_p] float32
     query_grads: torch.Tensor | None  # [B, D_p] float32; None in the gradient phase
+    inline: bool  # whether any context came in the request (rather than from a token)
 
 
 class SplitPhases:
@@ -48,17 +58,18 @@ class SplitPhases:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    async def query(self, request: SplitQueryRequest) -> SplitQueryResponse:
+    async def query(self, request: SplitQueryRequest, sink: VectorSink) -> SplitQueryResponse:
         engine = self._engine
         run = await engine.runs.current(request.run_id, request.min_version)
         samples = await engine.on_prep(self._prepare_texts, request)
         async with run.gate.read():
             step, omega_t = run.step_and_omega(request.step)
             queries = await engine.on_model(self._queries, run, samples)
-            return SplitQueryResponse(version=run.version, step=step, omega=omega_t,
-                                      queries=[_wire(u) for u in queries])
+            version = run.version
+        return SplitQueryResponse(version=version, step=step, omega=omega_t,
+                                  queries=[sink(f"queries.{i}", u) for i, u in enumerate(queries)])
 
-    async def score(self, request: SplitScoreRequest, tensors: Tensors) -> ScoreResponse:
+    async def score(self, request: SplitScoreRequest, tensors: Tensors) -> SplitScoreResponse:
         engine = self._engine
         run = await engine.runs.current(request.run_id)
         samples, contexts = await engine.on_prep(self._prepare_contexts, request, run, tensors)
@@ -66,10 +77,12 @@ class SplitPhases:
             _check_version(run, request.version)
             step, omega_t = run.step_and_omega(request.step)
             rewards = await engine.on_model(self._rewards, run, samples, contexts, omega_t)
-            return ScoreResponse(rewards=rewards, version=run.version, step=step, omega=omega_t)
+        token = await self._keep(request.run_id, request.version, samples, contexts)
+        return SplitScoreResponse(rewards=rewards, version=request.version, step=step,
+                                  omega=omega_t, context_token=token)
 
-    async def gradient(self, request: SplitGradientRequest,
-                       tensors: Tensors) -> SplitGradientResponse:
+    async def gradient(self, request: SplitGradientRequest, tensors: Tensors,
+                       sink: VectorSink) -> SplitGradientResponse:
         engine = self._engine
         run = await engine.runs.current(request.run_id)
         work = await engine.on_prep(self._prepare_update, request, run, tensors)
@@ -77,8 +90,11 @@ class SplitPhases:
             _check_version(run, request.version)
             _, omega_t = run.step_and_omega(request.step)
             loss, grads = await engine.on_model(self._context_grads, run, work, omega_t)
-            return SplitGradientResponse(version=run.version, loss=loss,
-                                         context_grads=[_wire(g) for g in grads])
+        token = (await self._keep(request.run_id, request.version, work.batch.samples,
+                                  work.contexts) if work.inline else None)
+        return SplitGradientResponse(
+            version=request.version, loss=loss, context_token=token,
+            context_grads=[sink(f"context_grads.{i}", g) for i, g in enumerate(grads)])
 
     async def update(self, request: SplitUpdateRequest, tensors: Tensors,
                      idempotency_key: str | None) -> UpdateResponse:
@@ -91,6 +107,14 @@ class SplitPhases:
             return self._step(current, request, work)
 
         return await engine.runs.update(run, idempotency_key, train)
+
+    async def _keep(self, run_id: str, version: int, samples: Sequence[Sample],
+                    contexts: torch.Tensor) -> str | None:
+        """A token for the contexts just used, for the phases that follow (written to Redis,
+        where there is one, before the answer naming it leaves)."""
+        entry = ContextEntry(run_id, version, tuple(sample_digest(s.text.prompt, s.text.response)
+                                                    for s in samples), contexts.detach().cpu())
+        return await asyncio.to_thread(self._engine.store.contexts.put, entry)
 
     # ---- preparation thread -------------------------------------------------------------------
 
@@ -113,19 +137,23 @@ class SplitPhases:
     def _prepare_update(self, request: SplitGradientRequest, run: Run,
                         tensors: Tensors) -> ContextBatch:
         resolver = HiddenStateResolver(run.config.policy_hidden_size, tensors)
+        held = _HeldContexts(self._engine.store.contexts.get, request.run_id, request.version)
         samples, contexts, labels, sizes = [], [], [], []
+
+        def add(text: TextPair, context: WireTensor | str | ContextRef, field: str) -> None:
+            samples.append(Sample(text, None))
+            contexts.append(held.resolve(context, text, field) if isinstance(context, ContextRef)
+                            else resolver.resolve_vector(context, field))
+
         for i, pair in enumerate(request.pairs or []):
             for side in ("chosen", "rejected"):
-                samples.append(Sample(TextPair(pair.prompt, getattr(pair, side),
-                                               f"pairs[{i}].{side}"), None))
-                contexts.append(resolver.resolve_vector(getattr(pair, f"{side}_context"),
-                                                        f"pairs[{i}].{side}_context"))
+                add(TextPair(pair.prompt, getattr(pair, side), f"pairs[{i}].{side}"),
+                    getattr(pair, f"{side}_context"), f"pairs[{i}].{side}_context")
         for g, group in enumerate(request.groups or []):
             for k, (response, context) in enumerate(zip(group.responses, group.contexts,
                                                         strict=True)):
-                samples.append(Sample(TextPair(group.prompt, response,
-                                               f"groups[{g}].responses[{k}]"), None))
-                contexts.append(resolver.resolve_vector(context, f"groups[{g}].contexts[{k}]"))
+                add(TextPair(group.prompt, response, f"groups[{g}].responses[{k}]"), context,
+                    f"groups[{g}].contexts[{k}]")
             labels.append(None if group.scores is None else torch.tensor(group.scores))
             sizes.append(len(group.responses))
         query_grads = None
@@ -137,7 +165,8 @@ class SplitPhases:
         resolver.check_all_used()
         batch = UpdateBatch(self._prepared(samples), labels if sizes else None,
                             sizes if sizes else None)
-        return ContextBatch(batch, torch.stack(contexts).float(), query_grads)
+        return ContextBatch(batch, torch.stack(contexts).float(), query_grads,
+                            inline=len(held) < len(samples))
 
     def _prepared(self, samples: list[Sample]) -> list[Sample]:
         return prepare(samples, self._engine.backbone, self._engine.store.rte_cache)
@@ -169,7 +198,7 @@ class SplitPhases:
                        omega_t: float) -> tuple[float, torch.Tensor]:
         """The loss at the current weights and ∂L/∂c; the module's gradients are not kept."""
         rte = self._rte(work.batch.samples)
-        contexts = work.contexts.to(rte.device).requires_grad_(True)
+        contexts = work.contexts.to(rte.device).detach().requires_grad_(True)  # not in place
         rewards = run.module.forward_from_context(rte, contexts, omega_t)
         terms = work.batch.loss_terms(rewards, run.config.alpha)
         (grads,) = torch.autograd.grad(terms.loss, contexts, allow_unused=True)
@@ -203,6 +232,38 @@ def _count_mismatch(given: int, samples: int) -> InvalidInput:
                         "per sample, in sample order", "query_grads")
 
 
-def _wire(vector: torch.Tensor) -> WireTensor:
-    data = vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return encode_wire_tensor("float32", tuple(vector.shape), data)
+class _HeldContexts:
+    """The contexts a request names by token, each token fetched once; a reference must name a
+    token of this run at this version, and an entry made for the same sample."""
+
+    def __init__(self, fetch: Callable[[str], ContextEntry | None], run_id: str,
+                 version: int) -> None:
+        self._fetch = fetch
+        self._run_id = run_id
+        self._version = version
+        self._entries: dict[str, ContextEntry] = {}
+        self._resolved = 0
+
+    def __len__(self) -> int:
+        return self._resolved
+
+    def resolve(self, ref: ContextRef, text: TextPair, field: str) -> torch.Tensor:
+        entry = self._entries.get(ref.token) or self._fetch(ref.token)
+        if entry is None:
+            raise StaleContextToken(f"context token {ref.token!r} is unknown or expired; send "
+                                    "the contexts again (restart from /v1/split/query)",
+                                    f"{field}.token")
+        if (entry.run_id, entry.version) != (self._run_id, self._version):
+            raise StaleContextToken(f"context token {ref.token!r} holds contexts of run "
+                                    f"{entry.run_id} at version {entry.version}, not of run "
+                                    f"{self._run_id} at version {self._version}",
+                                    f"{field}.token")
+        self._entries[ref.token] = entry
+        if ref.index >= len(entry.samples):
+            raise InvalidInput(f"context token {ref.token!r} holds {len(entry.samples)} "
+                               f"contexts; index {ref.index} is past its end", f"{field}.index")
+        if entry.samples[ref.index] != sample_digest(text.prompt, text.response):
+            raise InvalidInput(f"entry {ref.index} of context token {ref.token!r} is the context "
+                               "of another sample (prompt, response)", f"{field}.index")
+        self._resolved += 1
+        return entry.contexts[ref.index]

@@ -1,4 +1,5 @@
-"""Request bodies: read with a size limit, decode JSON or safetensors into (schema, tensors).
+"""Request bodies: read with a size limit, decode JSON or safetensors into (schema, tensors);
+and answers that carry vectors, in the format the caller's `Accept` asks for.
 
 Reading streams straight into one preallocated buffer sized from Content-Length (no join copy;
 413 before a byte is read when it is too large). Decoding runs in a worker thread, never on the
@@ -11,7 +12,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
-from fastapi import Request
+import torch
+from fastapi import Request, Response
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
@@ -21,9 +23,10 @@ from r2m_proto.media import (
     JSON_MEDIA_TYPE,
     SAFETENSORS_MEDIA_TYPE,
     SAFETENSORS_REQUEST_KEY,
+    SAFETENSORS_RESPONSE_KEY,
 )
-from r2m_proto.safetensors_body import decode_safetensors
-from r2m_proto.tensors import TensorView
+from r2m_proto.safetensors_body import decode_safetensors, encode_safetensors
+from r2m_proto.tensors import TensorView, WireTensor, encode_wire_tensor
 from r2m_service.http.disconnect import ClientDisconnected
 
 M = TypeVar("M", bound=BaseModel)
@@ -121,3 +124,28 @@ async def read_checkpoint(request: Request, limit: int) -> dict[str, TensorView]
     body = await read_body(request, limit)
     _, tensors = await asyncio.to_thread(decode_safetensors, body)
     return tensors
+
+
+class AnswerTensors:
+    """The vectors of one answer: named tensors of a safetensors answer (`__metadata__.response`
+    holds the answer JSON) when the request's Accept names the safetensors media type, else
+    inline base64 in a JSON answer (the default: any HTTP client reads it). Binary saves the
+    base64's third and the JSON's float formatting; split mode's client asks for it."""
+
+    def __init__(self, request: Request) -> None:
+        self.binary = SAFETENSORS_MEDIA_TYPE in request.headers.get("accept", "").lower()
+        self._tensors: list[tuple[str, str, tuple[int, ...], bytes]] = []
+
+    def __call__(self, name: str, vector: torch.Tensor) -> WireTensor | str:
+        data = vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        if self.binary:
+            self._tensors.append((name, "float32", tuple(vector.shape), data))
+            return name
+        return encode_wire_tensor("float32", tuple(vector.shape), data)
+
+    def response(self, answer: BaseModel) -> Response:
+        payload = answer.model_dump_json(exclude_none=True)
+        if not self.binary:
+            return Response(payload, media_type=JSON_MEDIA_TYPE)
+        parts = encode_safetensors(self._tensors, {SAFETENSORS_RESPONSE_KEY: payload})
+        return Response(b"".join(parts), media_type=SAFETENSORS_MEDIA_TYPE)

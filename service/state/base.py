@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
+from r2m_service.context_tokens import ContextTokens
 from r2m_service.errors import StoreUnavailable
 from r2m_service.rte_cache import RTECache
 
@@ -52,6 +53,7 @@ class UpdateTransaction(ABC):
 
 class StateStore(ABC):
     rte_cache: RTECache
+    contexts: ContextTokens  # split mode's context tokens (shared by replicas where the store is)
     # Whether `load` brings a run back: only then may the run directory drop a run it holds
     # (evict an idle one, or forget one whose commit failed) and load it again later.
     keeps_state: bool = True
@@ -94,4 +96,4 @@ class StateStore(ABC):
     def usage(self) -> dict[str, int]:
         """Bytes this process holds for the store, by what (shown in metrics): each is bounded
         by a setting."""
-        return {"rte_cache": self.rte_cache.bytes}
+        return {"rte_cache": self.rte_cache.bytes, "split_contexts": self.contexts.bytes}

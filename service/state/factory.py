@@ -26,11 +26,15 @@ def open_store(settings: Settings, metrics: Metrics) -> StateStore:
                           rte_cache_bytes=settings.rte_cache_bytes, rte_ttl_s=settings.rte_ttl_s,
                           retained_versions=settings.retained_versions,
                           blob_dir=settings.checkpoint_dir,
-                          blob_fsync=settings.checkpoint_fsync)
+                          blob_fsync=settings.checkpoint_fsync,
+                          split_context_bytes=settings.split_context_bytes,
+                          split_context_ttl_s=settings.split_context_ttl_s)
     log.info("state store: in-process%s", f" (checkpoints in {settings.checkpoint_dir})"
              if settings.checkpoint_dir else "")
     return MemoryStore(rte_cache_bytes=settings.rte_cache_bytes,
                        idempotency_ttl_s=settings.idempotency_ttl_s,
                        idempotency_bytes=settings.idempotency_bytes,
-                       checkpoint_dir=settings.checkpoint_dir, fsync=settings.checkpoint_fsync)
+                       checkpoint_dir=settings.checkpoint_dir, fsync=settings.checkpoint_fsync,
+                       split_context_bytes=settings.split_context_bytes,
+                       split_context_ttl_s=settings.split_context_ttl_s)
 

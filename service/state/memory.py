@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from r2m_service.context_tokens import ContextTokens
 from r2m_service.idempotency import IdempotencyStore
 from r2m_service.rte_cache import LRUCache
 from r2m_service.state.base import (
@@ -31,8 +32,10 @@ _SUFFIX = ".r2m-state"
 class MemoryStore(StateStore):
     def __init__(self, *, rte_cache_bytes: int, idempotency_ttl_s: float,
                  idempotency_bytes: int = 64 << 20, checkpoint_dir: str | None = None,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, split_context_bytes: int = 256 << 20,
+                 split_context_ttl_s: float = 600.0) -> None:
         self.rte_cache = LRUCache(rte_cache_bytes)
+        self.contexts = ContextTokens(split_context_bytes, split_context_ttl_s)
         self._idempotency = IdempotencyStore(idempotency_ttl_s, idempotency_bytes)
         self._heads: dict[str, int] = {}
         self._on_event: EventHandler | None = None

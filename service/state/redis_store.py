@@ -11,6 +11,7 @@ Keys (hash-tagged per run, so a run's keys share a cluster slot):
   {p}:run:{id}:creating          claim on a new run's id while its version 0 is written
   {p}:run:{id}:idem:{key}        response JSON of an applied update (EX ttl)
   {p}:rte:{key}                  reward token embedding (float32 bytes, EX ttl)
+  {p}:ctx:{token}                split mode's contexts of one request (safetensors, EX ttl)
   channel {p}:events             {"run", "version"} or {"run", "deleted": true}
 
 An update writes its state under a name of its own (version + lock token, `blobs.py`), then one
@@ -37,6 +38,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from r2m_service.context_tokens import RedisContextTokens
 from r2m_service.rte_cache import LRUCache
 from r2m_service.state.base import (
     Buffers,
@@ -80,7 +82,8 @@ class RedisStore(StateStore):
                  idempotency_ttl_s: float = 86400.0, chunk_bytes: int = 8 * 1024 * 1024,
                  rte_cache_bytes: int = 256 << 20, rte_ttl_s: float = 86400.0,
                  retained_versions: int = 2, blob_dir: str | None = None,
-                 blob_fsync: bool = True) -> None:
+                 blob_fsync: bool = True, split_context_bytes: int = 256 << 20,
+                 split_context_ttl_s: float = 600.0) -> None:
         options = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0,
                    "health_check_interval": 10}
         self._redis = aioredis.Redis.from_url(url, **options)
@@ -98,6 +101,8 @@ class RedisStore(StateStore):
         self._listener: asyncio.Task[None] | None = None
         self.rte_cache = RedisRTECache(LRUCache(rte_cache_bytes), redis.Redis.from_url(
             url, **options), f"{prefix}:rte:", int(rte_ttl_s), write_failures=rte_write_failures)
+        self.contexts = RedisContextTokens(split_context_bytes, split_context_ttl_s,
+                                           redis.Redis.from_url(url, **options), f"{prefix}:ctx:")
 
     # ---- keys ---------------------------------------------------------------------------------
 
@@ -120,6 +125,7 @@ class RedisStore(StateStore):
                 await self._listener
         await self._redis.aclose()
         self.rte_cache.close()
+        self.contexts.close()
 
     async def ping(self) -> None:
         async with _available("ping"):
