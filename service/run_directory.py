@@ -35,9 +35,17 @@ from r2m_service.errors import (
     VersionNotReached,
 )
 from r2m_service.run_limits import RunLimits, state_bytes
-from r2m_service.run_state import apply_state, decode_run, encode_run, restore_run
+from r2m_service.run_state import catch_up, decode_run, encode_run, reset, restore_run
+from r2m_service.run_steps import encode_step
 from r2m_service.runs import Run, matches, new_run_id, resolve_config
-from r2m_service.state import RunIdTaken, StateEncoder, StateStore, UpdateTransaction
+from r2m_service.state import (
+    Buffers,
+    RunIdTaken,
+    StateEncoder,
+    StateStore,
+    StoredRun,
+    UpdateTransaction,
+)
 
 T = TypeVar("T")
 ModelThread = Callable[..., Awaitable[Any]]
@@ -101,7 +109,7 @@ class RunDirectory:
                 try:
                     if run.run_id in self._runs:
                         raise RunIdTaken(run.run_id)
-                    await self.store.create(run.run_id, self._encoder(run))
+                    await self.store.create(run.run_id, _Encoder(run, self._on_model_thread))
                 except RunIdTaken:  # created concurrently under the same id (here or elsewhere)
                     existing = await self._find(run.run_id)
                     if existing is None:  # its creator has claimed the id but not finished yet
@@ -145,7 +153,8 @@ class RunDirectory:
                 if recorded is not None:
                     return UpdateResponse.model_validate_json(recorded)
             response = await self._on_model_thread(train, run)
-            await self._commit(run, transaction, response.model_dump_json(), idempotency_key)
+            await self._commit(run, transaction, response.model_dump_json(), idempotency_key,
+                               stepped=True)
         return response
 
     async def replace(self, run: Run, change: Callable[[Run], None]) -> RunInfo:
@@ -154,7 +163,7 @@ class RunDirectory:
         lock, catch-up, fenced commit and roll-back as an update."""
         async with self._cycle(run) as transaction:
             await self._on_model_thread(change, run)
-            await self._commit(run, transaction, "", None)
+            await self._commit(run, transaction, "", None, stepped=False)
             return run.info()
 
     @contextlib.asynccontextmanager
@@ -163,14 +172,17 @@ class RunDirectory:
         async with run.gate.write(), self.store.transaction(run.run_id) as transaction:
             latest = await self._head(run.run_id)
             if latest > run.version:
-                await self._apply(run, await self._fetch(run.run_id))
+                await self._on_model_thread(catch_up, run,
+                                            await self._fetch(run.run_id, run.version))
             yield transaction
 
     async def _commit(self, run: Run, transaction: UpdateTransaction, response_json: str,
-                      idempotency_key: str | None) -> None:
+                      idempotency_key: str | None, *, stepped: bool) -> None:
+        """`stepped`: the new version is the optimizer step the run just took (an update), so
+        the store may log that step instead of the full state."""
         try:
-            await transaction.commit(run.version, self._encoder(run), response_json,
-                                     idempotency_key)
+            await transaction.commit(run.version, _Encoder(run, self._on_model_thread, stepped),
+                                     response_json, idempotency_key)
         except BaseException:
             await self._roll_back(run)
             raise
@@ -180,8 +192,7 @@ class RunDirectory:
         or — the store unreachable too — drop the run from this process, so that it loads again
         once the store answers. (A store that keeps no copy cannot fail a commit.)"""
         try:
-            state = await self._on_model_thread(decode_run, await self._fetch(run.run_id))
-            await self._on_model_thread(apply_state, run, state)
+            await self._on_model_thread(reset, run, await self._fetch(run.run_id))
         except (StoreUnavailable, RunNotFound) as exc:
             log.warning("run %s: the failed commit could not be rolled back in place; it "
                         "reloads from the store on next use", run.run_id)
@@ -189,11 +200,6 @@ class RunDirectory:
             # requests already waiting for this object must not see its uncommitted step
             run.gate.retire(exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(
                 f"run {run.run_id} changed while an update failed to commit; retry"))
-
-    def _encoder(self, run: Run) -> StateEncoder:
-        async def encode() -> bytes:
-            return await self._on_model_thread(encode_run, run)
-        return encode
 
     # ---- loading and notifications ------------------------------------------------------------
 
@@ -240,23 +246,21 @@ class RunDirectory:
         return await asyncio.shield(task)
 
     async def _load(self, run_id: str) -> Run:
-        data = await self._fetch(run_id)
+        """Build the run from its snapshot and steps, or bring the one held here forward
+        (reading only the steps after its version when the store has them)."""
         run = self._runs.get(run_id)
+        stored = await self._fetch(run_id, None if run is None else run.version)
         if run is None:
-            state = await self._on_model_thread(decode_run, data)
+            assert stored.snapshot is not None  # fetched without `since`
+            state = await self._on_model_thread(decode_run, stored.snapshot)
             async with self._room(self._size(state.config)):
-                run = await self._on_model_thread(restore_run, state, self._reward_hidden_size,
-                                                  self._device)
+                run = await self._on_model_thread(restore_run, state, stored.steps,
+                                                  self._reward_hidden_size, self._device)
                 self._runs[run_id] = run
             return run
         async with run.gate.write():
-            await self._apply(run, data)
+            await self._on_model_thread(catch_up, run, stored)
         return run
-
-    async def _apply(self, run: Run, data: bytes) -> None:
-        state = await self._on_model_thread(decode_run, data)
-        if state.version > run.version:
-            await self._on_model_thread(apply_state, run, state)
 
     # ---- capacity -----------------------------------------------------------------------------
 
@@ -301,12 +305,12 @@ class RunDirectory:
             raise RunNotFound(run_id)
         return latest
 
-    async def _fetch(self, run_id: str) -> bytes:
-        data = await self.store.load(run_id)
-        if data is None:
+    async def _fetch(self, run_id: str, since: int | None = None) -> StoredRun:
+        stored = await self.store.load(run_id, since)
+        if stored is None:
             self._forget(run_id)
             raise RunNotFound(run_id)
-        return data
+        return stored
 
     def _forget(self, run_id: str) -> None:
         if self._runs.pop(run_id, None) is not None:
@@ -317,3 +321,19 @@ def _same_settings(request: CreateRunRequest, run: Run) -> RunInfo:
     if not matches(request, run.config):
         raise RunExists(run.run_id)
     return run.info()
+
+
+class _Encoder(StateEncoder):
+    """A run's current version for the store, serialized on the model thread only if the store
+    asks. `stepped`: the version is the optimizer step the run just took, so a step will do."""
+
+    def __init__(self, run: Run, on_model_thread: ModelThread, stepped: bool = False) -> None:
+        self._run = run
+        self._on_model_thread = on_model_thread
+        self._stepped = stepped
+
+    async def snapshot(self) -> Buffers:
+        return await self._on_model_thread(encode_run, self._run)
+
+    async def step(self) -> Buffers | None:
+        return await self._on_model_thread(encode_step, self._run) if self._stepped else None

@@ -19,11 +19,22 @@ MAX_ATTENTION_DIM = 2048  # the paper's d
 CHECKPOINT_FORMAT = "r2m-checkpoint-v1"
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """The learning rate of each param group in the optimizer step that made `version`. With
+    the gradients that step left in the parameters' `.grad`, it is what `run_steps` logs so the
+    store can keep that version as a step instead of a full state."""
+
+    version: int
+    learning_rates: tuple[float, ...]
+
+
 @dataclass
 class Run:
     """Mutable state of one run. Its module, optimizer, step and version change only on the
     model thread inside `gate.write()`: by a training step (`advance`) or by loading another
-    version (`run_state.apply_state`), both driven by the run directory's update cycle."""
+    version (`run_state.apply_state`, `run_steps.replay_step`), both driven by the run
+    directory's update cycle."""
 
     run_id: str
     config: RunConfig
@@ -34,6 +45,17 @@ class Run:
     version: int = 0
     gate: RunGate = field(default_factory=RunGate)
     diagnostics: RunDiagnostics = field(default_factory=RunDiagnostics, repr=False)
+    # the step that made the current version, when a training step did (`advance`)
+    last_step: StepRecord | None = field(default=None, repr=False)
+    _step_rates: tuple[float, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        # The rates of every optimizer step, read inside `step()`: a per-request rate is set
+        # only around the call (guards.py), so afterwards the group no longer shows it.
+        self.optimizer.register_step_pre_hook(self._record_rates)
+
+    def _record_rates(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        self._step_rates = tuple(float(group["lr"]) for group in optimizer.param_groups)
 
     def step_and_omega(self, step: int | None) -> tuple[int, float]:
         """The RL step a request names (else the run's) and ω(t) there. Read under the run's
@@ -45,6 +67,7 @@ class Run:
         """After an optimizer step taken at RL step `step`: the run is at a new version."""
         self.step = step + 1
         self.version += 1
+        self.last_step = StepRecord(self.version, self._step_rates)
 
     def info(self) -> RunInfo:
         return RunInfo(run_id=self.run_id, config=self.config, step=self.step,

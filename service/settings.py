@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         5.0, ge=0, description="On SIGTERM: answer /readyz 503 for this long (so load "
                                "balancers stop sending) before draining in-flight requests.")
     redis_url: str | None = Field(
+    state_snapshot_every: int = Field(
+        4, ge=1, description="With Redis: write a run's full state (weights and AdamW moments) "
+        "every this many versions, and in between only the optimizer step that made the version "
+        "(its gradient, a third of the bytes), replayed bit-exactly on load. 1: full state "
+        "every version.")
         None, description="Share runs, the RTE cache and idempotency keys through Redis "
                           "(e.g. redis://127.0.0.1:6379/0), so N replicas serve the same runs.")
     redis_prefix: str = Field("r2m", description="Key prefix: several deployments, one Redis.")

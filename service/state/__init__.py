@@ -4,11 +4,14 @@ Everything above `StateStore` — the run directory, the engine, the routes — 
 """
 
 from r2m_service.state.base import (
+    Buffers,
     RunIdTaken,
     StateEncoder,
     StateStore,
+    StoredRun,
     StoreUnavailable,
     UpdateTransaction,
 )
 
-__all__ = ["RunIdTaken", "StateEncoder", "StateStore", "StoreUnavailable", "UpdateTransaction"]
+__all__ = ["Buffers", "RunIdTaken", "StateEncoder", "StateStore", "StoreUnavailable", "StoredRun",
+           "UpdateTransaction"]

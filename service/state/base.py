@@ -8,8 +8,9 @@ above them asks the same questions of every store and never branches on which on
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 from r2m_service.context_tokens import ContextTokens
 from r2m_service.errors import StoreUnavailable
@@ -20,12 +21,36 @@ EventHandler = Callable[[str, int | None], None]
 # A run's full state as buffers, views of the run's own tensors where possible (no copy of a
 # 400 MB state): valid until the run changes, which its write gate prevents while a store writes.
 Buffers = list[memoryview | bytes]
-# Serializes a run's full state on demand (on the model thread): a store that keeps no copy of
-# the state never pays for it.
-StateEncoder = Callable[[], Awaitable[Buffers]]
 
 __all__ = ["Buffers", "EventHandler", "RunIdTaken", "StateEncoder", "StateStore",
-           "StoreUnavailable", "UpdateTransaction"]
+           "StoreUnavailable", "StoredRun", "UpdateTransaction"]
+
+
+class StateEncoder(ABC):
+    """Serializes a run's current version on demand (on the model thread), in either of two
+    forms, so that a store that keeps no copy never pays for it and one that keeps a log of
+    steps writes a third of the bytes most of the time."""
+
+    @abstractmethod
+    async def snapshot(self) -> Buffers:
+        """The full state: weights, AdamW moments, step, version, config (`run_state`)."""
+
+    @abstractmethod
+    async def step(self) -> Buffers | None:
+        """The optimizer step that made the current version from the one before (`run_steps`),
+        or None when it was made otherwise (created, imported): then only a snapshot will do."""
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A run's version `version` as a store keeps it: a snapshot of an earlier (or the same)
+    version and the logged steps after it, oldest first, that lead to `version`. The steps
+    always end at `version` and are consecutive. `snapshot` is None only when the caller asked
+    for the steps after a version it holds (`load(run_id, since=…)`) and the log has them."""
+
+    version: int
+    snapshot: bytes | None
+    steps: list[bytes]
 
 
 class RunIdTaken(Exception):
@@ -74,8 +99,10 @@ class StateStore(ABC):
         taken."""
 
     @abstractmethod
-    async def load(self, run_id: str) -> bytes | None:
-        """The current state of a run (None: unknown run, or a store that keeps no state)."""
+    async def load(self, run_id: str, since: int | None = None) -> StoredRun | None:
+        """The current version of a run (None: unknown run, or a store that keeps no state).
+        `since`: the caller holds that committed version, so the steps after it suffice when
+        the store has them (no snapshot read)."""
 
     @abstractmethod
     async def head(self, run_id: str) -> int | None:

@@ -5,9 +5,14 @@ them. A paper-scale run (D_rm = D_p = 4096, d = 2048) is ~400 MB a version: in R
 34 KB per update (docs/measurements.md, "Paper-scale state"). Both write straight from views of
 the run's tensors: no serialized copy of the state is ever made.
 
-Every blob is named by its version *and the update lock's token*: a writer whose lock lapsed
-writes under its own name and can never overwrite the bytes of the version another holder
-committed under the same number. A blob becomes visible only when the head names it.
+A blob is a snapshot (`state`: the full state) or a logged optimizer step (`step`: the
+gradient it applied, a third of the bytes; `run_steps.py`). Every blob is named by its kind, its
+version *and the update lock's token*: a writer whose lock lapsed writes under its own name and
+can never overwrite the bytes of the version another holder committed under the same number. A
+blob becomes visible only when the head names it. A writer that dies between writing and
+committing leaves its blob behind: in Redis its chunks carry a TTL until the commit that names
+them makes them persistent; in the directory the next successful commit removes every file no
+head names.
 """
 
 from __future__ import annotations
@@ -24,14 +29,31 @@ import redis.asyncio as aioredis
 
 from r2m_service.state.base import Buffers
 
-# A blob's address as the head records it (JSON): {"version", "token", and the store's own}.
+# A blob's address as the head records it (JSON): {"version", "token", "kind", and the
+# store's own}.
 BlobRef = dict[str, Any]
+SNAPSHOT, STEP = "state", "step"
+# How long an uncommitted chunk lives in Redis: far longer than any write and its commit take
+# (the commit checks that every chunk is still there, so one that expired fails the commit
+# cleanly), short enough that a crashed writer's bytes do not pile up.
+UNCOMMITTED_TTL_S = 600
 
 
 class StateBlobs(ABC):
     @abstractmethod
-    async def write(self, run_id: str, version: int, token: str, state: Buffers) -> BlobRef:
-        """Write a version's state durably (not yet visible: the head does not name it)."""
+    async def write(self, run_id: str, version: int, token: str, kind: str,
+                    state: Buffers) -> BlobRef:
+        """Write a version's blob durably (not yet visible: the head does not name it)."""
+
+    def commit_keys(self, run_id: str, ref: BlobRef) -> list[str]:
+        """Redis keys the commit must find and make persistent (none for files)."""
+        return []
+
+    async def sweep(self, run_id: str, version: int,  # noqa: B027 - optional
+                    named: list[BlobRef]) -> None:
+        """After the commit of `version`: remove this run's blobs of that version or older
+        that no head names (left by a writer that died before its commit). Newer ones may be
+        the next lock holder's, not yet committed."""
 
     @abstractmethod
     async def read(self, run_id: str, ref: BlobRef) -> bytes | None:
@@ -46,8 +68,8 @@ class StateBlobs(ABC):
 
 
 class RedisChunks(StateBlobs):
-    """`{p}:run:{id}:state:{version}:{token}:{i}`, each ≤ `chunk_bytes` (Redis caps one value at
-    512 MB), sent from views of the run's tensors without a copy."""
+    """`{p}:run:{id}:{kind}:{version}:{token}:{i}`, each ≤ `chunk_bytes` (Redis caps one value
+    at 512 MB), sent from views of the run's tensors without a copy, with a TTL until committed."""
 
     def __init__(self, client: aioredis.Redis, run_key: Any, chunk_bytes: int) -> None:
         self._redis = client
@@ -55,18 +77,22 @@ class RedisChunks(StateBlobs):
         self._chunk_bytes = chunk_bytes
 
     def _keys(self, run_id: str, ref: BlobRef) -> list[str]:
-        return [self._run_key(run_id, "state", ref["version"], ref["token"], i)
+        return [self._run_key(run_id, ref["kind"], ref["version"], ref["token"], i)
                 for i in range(ref["chunks"])]
 
-    async def write(self, run_id: str, version: int, token: str, state: Buffers) -> BlobRef:
+    async def write(self, run_id: str, version: int, token: str, kind: str,
+                    state: Buffers) -> BlobRef:
         pieces = [view[i:i + self._chunk_bytes] for view in map(memoryview, state)
                   for i in range(0, len(view), self._chunk_bytes)]
-        ref = {"version": version, "token": token, "chunks": len(pieces)}
+        ref = {"version": version, "token": token, "kind": kind, "chunks": len(pieces)}
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, piece in zip(self._keys(run_id, ref), pieces, strict=True):
-                pipe.set(key, piece)
+                pipe.set(key, piece, ex=UNCOMMITTED_TTL_S)
             await pipe.execute()
         return ref
+
+    def commit_keys(self, run_id: str, ref: BlobRef) -> list[str]:
+        return self._keys(run_id, ref)
 
     async def read(self, run_id: str, ref: BlobRef) -> bytes | None:
         parts = await self._redis.mget(self._keys(run_id, ref))
@@ -89,12 +115,22 @@ class DirectoryBlobs(StateBlobs):
         self._root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, run_id: str, ref: BlobRef) -> Path:
-        return self._root / run_id / f"{ref['version']}-{ref['token']}.r2m-state"
+        return self._root / run_id / f"{ref['version']}-{ref['token']}.r2m-{ref['kind']}"
 
-    async def write(self, run_id: str, version: int, token: str, state: Buffers) -> BlobRef:
-        ref = {"version": version, "token": token, "file": True}
+    async def write(self, run_id: str, version: int, token: str, kind: str,
+                    state: Buffers) -> BlobRef:
+        ref = {"version": version, "token": token, "kind": kind, "file": True}
         await asyncio.to_thread(write_file, self._path(run_id, ref), state, self._fsync)
         return ref
+
+    async def sweep(self, run_id: str, version: int, named: list[BlobRef]) -> None:
+        keep = {self._path(run_id, ref).name for ref in named}
+        for path in (self._root / run_id).iterdir():
+            # `{version}-{token}.r2m-{kind}`, or `.{that}.{pid}.tmp` while being written
+            written = path.name.lstrip(".").split("-", 1)[0]
+            if path.name not in keep and written.isdigit() and int(written) <= version:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     async def read(self, run_id: str, ref: BlobRef) -> bytes | None:
         try:

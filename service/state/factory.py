@@ -25,6 +25,7 @@ def open_store(settings: Settings, metrics: Metrics) -> StateStore:
                           idempotency_ttl_s=settings.idempotency_ttl_s,
                           rte_cache_bytes=settings.rte_cache_bytes, rte_ttl_s=settings.rte_ttl_s,
                           retained_versions=settings.retained_versions,
+                          snapshot_every=settings.state_snapshot_every,
                           blob_dir=settings.checkpoint_dir,
                           blob_fsync=settings.checkpoint_fsync,
                           split_context_bytes=settings.split_context_bytes,

@@ -19,6 +19,7 @@ from r2m_service.state.base import (
     RunIdTaken,
     StateEncoder,
     StateStore,
+    StoredRun,
     StoreUnavailable,
     UpdateTransaction,
 )
@@ -65,11 +66,12 @@ class MemoryStore(StateStore):
             del self._heads[run_id]
             raise
 
-    async def load(self, run_id: str) -> bytes | None:
-        path = self._path(run_id)
-        if path is None or not path.is_file():
+    async def load(self, run_id: str, since: int | None = None) -> StoredRun | None:
+        """Every version on disk is a snapshot (one file per run, replaced atomically)."""
+        path, version = self._path(run_id), self._heads.get(run_id)
+        if path is None or version is None or not path.is_file():
             return None
-        return await asyncio.to_thread(path.read_bytes)
+        return StoredRun(version, await asyncio.to_thread(path.read_bytes), [])
 
     async def head(self, run_id: str) -> int | None:
         return self._heads.get(run_id)
@@ -99,7 +101,7 @@ class MemoryStore(StateStore):
         path = self._path(run_id)
         if path is None:
             return
-        data: Buffers = await state()
+        data: Buffers = await state.snapshot()
         try:
             await asyncio.to_thread(write_file, path, data, self._fsync)
         except OSError as exc:

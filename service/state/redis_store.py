@@ -3,10 +3,12 @@ and scale-out").
 
 Keys (hash-tagged per run, so a run's keys share a cluster slot):
   {p}:runs                       set of run ids
-  {p}:run:{id}:head              JSON {version, blob, retained}: the current version (atomic
-                                 switch), where its state lies, and the older versions kept
-  {p}:run:{id}:state:{v}:{t}:{i} chunk i of version v's state written under lock token t
-                                 (without --checkpoint-dir; with it the state is a file there)
+  {p}:run:{id}:head              JSON {version, chain, retained}: the current version (atomic
+                                 switch), where it lies (a snapshot and the logged steps after
+                                 it, `chain`), and the older chains kept
+  {p}:run:{id}:state:{v}:{t}:{i} chunk i of version v's snapshot written under lock token t
+  {p}:run:{id}:step:{v}:{t}:{i}  chunk i of the logged step that made version v (both without
+                                 --checkpoint-dir; with it each blob is a file there)
   {p}:run:{id}:lock              update lock: random token, with a lease (PX)
   {p}:run:{id}:creating          claim on a new run's id while its version 0 is written
   {p}:run:{id}:idem:{key}        response JSON of an applied update (EX ttl)
@@ -14,13 +16,17 @@ Keys (hash-tagged per run, so a run's keys share a cluster slot):
   {p}:ctx:{token}                split mode's contexts of one request (safetensors, EX ttl)
   channel {p}:events             {"run", "version"} or {"run", "deleted": true}
 
-An update writes its state under a name of its own (version + lock token, `blobs.py`), then one
-Lua script checks that the lock is still ours and switches `head` + records the idempotency key;
-only then is the version visible. The head keeps `retained_versions - 1` older versions for
-replicas still reading them and the commit removes the state of older ones, so a run holds a
-bounded number of bytes whatever its update rate. A crashed holder's lease runs out; what it had
-written under its token is never named by a head. Pub/sub wakes replicas early; `head` is still
-checked on every score because notifications are lost while a replica is disconnected.
+An update writes a blob under a name of its own (version + lock token, `blobs.py`): the step it
+took (its gradient, a third of the full state) while the chain is shorter than
+`snapshot_every`, else a full snapshot that starts a new chain. Then one Lua script checks that
+the lock is still ours and that the blob is all there, makes it persistent, and switches `head`
++ records the idempotency key; only then is the version visible. A reader replays the chain's
+steps on its snapshot (bit-exact, `run_steps.py`), or only the steps after the version it holds.
+The head keeps `retained_versions - 1` superseded chains for replicas still reading them and the
+commit removes older ones, so a run holds a bounded number of bytes whatever its update rate. A
+crashed holder's lease runs out; what it had written under its token is never named by a head and
+expires (`blobs.py`). Pub/sub wakes replicas early; `head` is still checked on every score
+because notifications are lost while a replica is disconnected.
 """
 
 from __future__ import annotations
@@ -41,21 +47,33 @@ from redis.exceptions import RedisError
 from r2m_service.context_tokens import RedisContextTokens
 from r2m_service.rte_cache import LRUCache
 from r2m_service.state.base import (
-    Buffers,
     EventHandler,
     RunIdTaken,
     StateEncoder,
     StateStore,
+    StoredRun,
     StoreUnavailable,
     UpdateTransaction,
 )
-from r2m_service.state.blobs import DirectoryBlobs, RedisChunks, StateBlobs
+from r2m_service.state.blobs import (
+    SNAPSHOT,
+    STEP,
+    BlobRef,
+    DirectoryBlobs,
+    RedisChunks,
+    StateBlobs,
+)
 from r2m_service.state.redis_rte import RedisRTECache
 
 log = logging.getLogger(__name__)
 
+# KEYS: lock, head, idempotency record, then the new blob's chunks (all must still exist).
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 4, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return -1 end
+end
+for i = 4, #KEYS do redis.call('PERSIST', KEYS[i]) end
 redis.call('SET', KEYS[2], ARGV[2])
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4]) end
 return 1
@@ -76,12 +94,18 @@ class LockLost(StoreUnavailable):
         super().__init__(f"the update lock of {run_id} expired before the commit")
 
 
+def _named(chain: list[BlobRef], retained: list[list[BlobRef]]) -> list[BlobRef]:
+    """Every blob a head names: its chain and the superseded chains it keeps."""
+    return [*chain, *(ref for old in retained for ref in old)]
+
+
 class RedisStore(StateStore):
     def __init__(self, url: str, *, rte_write_failures: Counter, prefix: str = "r2m",
                  lock_lease_s: float = 30.0, lock_wait_s: float = 60.0,
                  idempotency_ttl_s: float = 86400.0, chunk_bytes: int = 8 * 1024 * 1024,
                  rte_cache_bytes: int = 256 << 20, rte_ttl_s: float = 86400.0,
-                 retained_versions: int = 2, blob_dir: str | None = None,
+                 retained_versions: int = 2, snapshot_every: int = 1,
+                 blob_dir: str | None = None,
                  blob_fsync: bool = True, split_context_bytes: int = 256 << 20,
                  split_context_ttl_s: float = 600.0) -> None:
         options = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0,
@@ -92,6 +116,7 @@ class RedisStore(StateStore):
         self._lock_wait_s = lock_wait_s
         self._idempotency_ttl_s = int(idempotency_ttl_s)
         self._retained = retained_versions - 1
+        self._snapshot_every = snapshot_every
         self._blobs: StateBlobs = (
             DirectoryBlobs(blob_dir, fsync=blob_fsync) if blob_dir
             else RedisChunks(self._redis, self._run_key, chunk_bytes))
@@ -135,30 +160,47 @@ class RedisStore(StateStore):
 
     async def create(self, run_id: str, state: StateEncoder) -> None:
         """Claim the id (NX, so two replicas creating the same id cannot both write version 0),
-        write the state, then the head."""
+        write the snapshot, then the head."""
         async with _available("create run"):
             head = self._run_key(run_id, "head")
             if await self._redis.exists(head) or not await self._redis.set(
                     self._run_key(run_id, "creating"), "1", nx=True, ex=_CREATE_CLAIM_TTL_S):
                 raise RunIdTaken(run_id)
-        data = await state()
+        data = await state.snapshot()
         async with _available("create run"):
-            blob = await self._blobs.write(run_id, 0, secrets.token_hex(8), data)
+            blob = await self._blobs.write(run_id, 0, secrets.token_hex(8), SNAPSHOT, data)
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(head, json.dumps({"version": 0, "blob": blob, "retained": []}))
+                for key in self._blobs.commit_keys(run_id, blob):
+                    pipe.persist(key)
+                pipe.set(head, json.dumps({"version": 0, "chain": [blob], "retained": []}))
                 pipe.sadd(f"{self._prefix}:runs", run_id)
                 await pipe.execute()
 
-    async def load(self, run_id: str) -> bytes | None:
+    async def load(self, run_id: str, since: int | None = None) -> StoredRun | None:
         async with _available("load run"):
-            for _ in range(3):  # the head may move on between reading it and its state
+            for _ in range(3):  # the head may move on between reading it and its blobs
                 head = await self._head(run_id)
                 if head is None:
                     return None
-                data = await self._blobs.read(run_id, head["blob"])
-                if data is not None:
-                    return data
+                stored = await self._read_chain(run_id, head, since)
+                if stored is not None:
+                    return stored
         raise StoreUnavailable(f"the state of {run_id} kept changing while it was read")
+
+    async def _read_chain(self, run_id: str, head: dict[str, Any], since: int | None
+                          ) -> StoredRun | None:
+        """The head's version from its chain: only the steps after `since` when the chain
+        holds them, else its snapshot and all its steps (None: a blob is gone meanwhile)."""
+        snapshot_ref, *steps = head["chain"]
+        incremental = since is not None and snapshot_ref["version"] <= since
+        snapshot = None if incremental else await self._blobs.read(run_id, snapshot_ref)
+        if not incremental and snapshot is None:
+            return None
+        data = [await self._blobs.read(run_id, ref) for ref in steps
+                if not incremental or ref["version"] > since]
+        if any(step is None for step in data):
+            return None
+        return StoredRun(int(head["version"]), snapshot, data)  # type: ignore[arg-type]
 
     async def head(self, run_id: str) -> int | None:
         async with _available("version check"):
@@ -174,7 +216,7 @@ class RedisStore(StateStore):
                 pipe.publish(self._channel, json.dumps({"run": run_id, "deleted": True}))
                 await pipe.execute()
             if head is not None:
-                await self._blobs.remove_run(run_id, [head["blob"], *head["retained"]])
+                await self._blobs.remove_run(run_id, _named(head["chain"], head["retained"]))
 
     async def stored_run_ids(self) -> list[str]:
         return []  # loaded lazily, on first use, by whichever replica needs them
@@ -197,22 +239,42 @@ class RedisStore(StateStore):
             with contextlib.suppress(RedisError, OSError):  # else the lease frees it
                 await self._release(keys=[key], args=[token])
 
-    async def _commit_version(self, run_id: str, token: str, version: int, data: Buffers,
-                              response_json: str, idempotency_key: str | None) -> None:
+    async def _commit_version(self, run_id: str, token: str, version: int,
+                              state: StateEncoder, response_json: str,
+                              idempotency_key: str | None) -> None:
+        """Log the step while the chain is shorter than `snapshot_every` (and the run made this
+        version by a step from the chain's last one), else write a snapshot; then the fenced
+        switch."""
         async with _available("commit"):
             previous = await self._head(run_id)
-            blob = await self._blobs.write(run_id, version, token, data)
-            kept = [] if previous is None else [previous["blob"], *previous["retained"]]
+        chain = [] if previous is None else previous["chain"]
+        retained = [] if previous is None else previous["retained"]
+        step = (await state.step() if 0 < len(chain) < self._snapshot_every
+                and chain[-1]["version"] == version - 1 else None)
+        data = step if step is not None else await state.snapshot()
+        async with _available("commit"):
+            blob = await self._blobs.write(run_id, version, token,
+                                           SNAPSHOT if step is None else STEP, data)
+            if step is None:  # a new chain; the one it replaces is kept for its readers
+                chain, retained = [blob], ([chain] if chain else []) + retained
+            else:
+                chain = [*chain, blob]
+            kept, dropped = retained[:self._retained], retained[self._retained:]
             idem_key = self._run_key(run_id, "idem", idempotency_key or "-")
             committed = await self._commit(
-                keys=[self._run_key(run_id, "lock"), self._run_key(run_id, "head"), idem_key],
-                args=[token, json.dumps({"version": version, "blob": blob,
-                                         "retained": kept[:self._retained]}),
+                keys=[self._run_key(run_id, "lock"), self._run_key(run_id, "head"), idem_key,
+                      *self._blobs.commit_keys(run_id, blob)],
+                args=[token, json.dumps({"version": version, "chain": chain,
+                                         "retained": kept}),
                       response_json if idempotency_key else "", self._idempotency_ttl_s])
-            if not committed:
+            if committed != 1:
                 await self._blobs.remove(run_id, [blob])  # never named by a head
-                raise LockLost(run_id)
-            await self._blobs.remove(run_id, kept[self._retained:])
+                if committed == 0:
+                    raise LockLost(run_id)
+                raise StoreUnavailable(f"the state written for {run_id} v{version} expired "
+                                       "before its commit")
+            await self._blobs.remove(run_id, _named([], dropped))
+            await self._blobs.sweep(run_id, version, _named(chain, kept))
             await self._redis.publish(self._channel, json.dumps({"run": run_id,
                                                                  "version": version}))
 
@@ -275,7 +337,7 @@ class _RedisTransaction(UpdateTransaction):
 
     async def commit(self, version: int, state: StateEncoder, response_json: str,
                      idempotency_key: str | None) -> None:
-        await self._store._commit_version(self._run_id, self._token, version, await state(),
+        await self._store._commit_version(self._run_id, self._token, version, state,
                                           response_json, idempotency_key)
 
 
