@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, gt=0, description="Max sequences per model batch.")
     max_batch_tokens: int = Field(
         16384, gt=0, description="Token budget of a backbone forward (padded: longest × count).")
+    score_batch_tokens: int | None = Field(
+        None, gt=0, description="Token budget of a /v1/score model batch (padded: longest × "
+        "count). Unset: learned from the backbone's forward timings, the smallest batch past "
+        "which tokens/s stops growing, so a small request never waits behind a big batch. "
+        "Set it to max_batch_tokens to always fill batches to the limits.")
+    batch_throughput_tolerance: float = Field(
+        0.1, gt=0, lt=1, description="Learned batch budget: the smallest batch whose tokens/s "
+                                     "is within this fraction of the best measured.")
     max_queued_items: int = Field(
         4096, gt=0, description="Score items allowed to wait; past it requests get 429.")
     batching: bool = Field(
@@ -65,6 +73,11 @@ class Settings(BaseSettings):
     retained_versions: int = Field(
         2, ge=1, description="Versions of a run the store keeps (the current one and older "
                              "ones that replicas may still be reading).")
+    state_snapshot_every: int = Field(
+        4, ge=1, description="With Redis: write a run's full state (weights and AdamW moments) "
+        "every this many versions, and in between only the optimizer step that made the version "
+        "(its gradient, a third of the bytes), replayed bit-exactly on load. 1: full state "
+        "every version.")
     checkpoint_fsync: bool = Field(
         True, description="fsync each state file written to --checkpoint-dir before its "
                           "version commits (durable against a machine crash, not just a "
@@ -73,11 +86,6 @@ class Settings(BaseSettings):
         5.0, ge=0, description="On SIGTERM: answer /readyz 503 for this long (so load "
                                "balancers stop sending) before draining in-flight requests.")
     redis_url: str | None = Field(
-    state_snapshot_every: int = Field(
-        4, ge=1, description="With Redis: write a run's full state (weights and AdamW moments) "
-        "every this many versions, and in between only the optimizer step that made the version "
-        "(its gradient, a third of the bytes), replayed bit-exactly on load. 1: full state "
-        "every version.")
         None, description="Share runs, the RTE cache and idempotency keys through Redis "
                           "(e.g. redis://127.0.0.1:6379/0), so N replicas serve the same runs.")
     redis_prefix: str = Field("r2m", description="Key prefix: several deployments, one Redis.")

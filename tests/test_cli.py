@@ -34,6 +34,7 @@ def test_every_flag_reaches_the_service(tmp_path: Path, llama_rm_dir: Path) -> N
         "backbone": str(llama_rm_dir), "device": "cpu", "dtype": "bfloat16",
         "max_length": 48, "max_body_bytes": 1_000_000, "max_items": 17, "max_batch_size": 5,
         "max_batch_tokens": 999, "max_queued_items": 123, "torch_threads": 1,
+        "score_batch_tokens": 300, "batch_throughput_tolerance": 0.25,
         "rte_cache_bytes": 77_000, "idempotency_ttl_s": 60.5, "redis_url": redis.url,
         "idempotency_bytes": 1_000_000, "max_policy_hidden_size": 999, "max_attention_dim": 99,
         "max_total_steps": 9999, "max_run_bytes": 10**8, "runs_memory_bytes": 10**9,
@@ -66,6 +67,7 @@ def test_every_flag_reaches_the_service(tmp_path: Path, llama_rm_dir: Path) -> N
     assert settings["batching"] is False and settings["metrics_auth"] is True
     assert settings["checkpoint_fsync"] is False
     assert info["dtype"] == "bfloat16" and info["max_items"] == 17 and info["max_length"] == 48
+    assert info["score_batch_tokens"] == 300 and info["score_batch_tokens_learned"] is False
     assert metrics_closed == 401
 
 
