@@ -20,7 +20,7 @@ from typing import Any
 
 from r2m_bench.common import RESULTS_DIR, Headline, write_result
 
-BENCHMARKS = ("efficiency", "overhead", "wire", "batching", "update")
+BENCHMARKS = ("efficiency", "overhead", "wire", "batching", "update", "overhead_per_item")
 EXTRA = ("score_latency", "scale_out", "split", "overlap", "get_reward", "soak", "paper_state",
          "latency_under_load", "serve_rm")
 
@@ -29,12 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r2m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", default="all", choices=("all", *BENCHMARKS, *EXTRA),
-                        help="one benchmark, or all of the issue's five (default)")
+                        help="one benchmark, or all of the core ones (default)")
     parser.add_argument("--quick", action="store_true", help="CI mode: small and fast")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"directory for the JSON results (default {RESULTS_DIR})")
     parser.add_argument("--minutes", type=float, default=None,
                         help="soak only: how long to hold the load (default 10, quick 1)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="overhead_per_item only: an older r2m checkout to run alongside, "
+                             "call by call, for a before/after")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads of servers and in-process baselines "
                              "(default: all cores but one)")
@@ -60,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             module = importlib.import_module(f"r2m_bench.{name}")
             options = {"minutes": args.minutes} if args.minutes is not None else {}
+            if args.baseline is not None and name == "overhead_per_item":
+                options["baseline"] = args.baseline
             result = module.run(quick=args.quick, out_dir=args.out, pool=pool, **options)
             timings[name] = time.perf_counter() - t0
             headlines += result.get("headlines", [])

@@ -53,6 +53,7 @@ class ServerSpec:
     max_length: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     extra: tuple[str, ...] = field(default_factory=tuple)
+    pythonpath: str | None = None  # serve another checkout's code (a before/after comparison)
 
     def args(self) -> list[str]:
         args = ["--torch-threads", str(self.torch_threads), "--max-body-bytes",
@@ -67,6 +68,8 @@ class ServerSpec:
         env = {"R2M_BATCHING": "true" if self.batching else "false"}
         if self.glibc_tunables:
             env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
         return env
 
     def record(self) -> dict[str, Any]:

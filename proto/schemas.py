@@ -190,7 +190,12 @@ class InfoResponse(_Strict):
     backbone_kind: str
     backbone_identity: str
     reward_hidden_size: int
-    dtype: str
+    dtype: str = Field(description="The backbone's compute dtype.")
+    head_dtype: str = Field(
+        "float32", description="The dtype ϕ and the R2M module compute in (float32 master "
+        "weights). With a bfloat16 backbone the step-0 reward is this head on the bf16 features, "
+        "so it differs from the model's own bf16 logit by that logit's bf16 rounding "
+        "(docs/method.md#scoring-head).")
     device: str
     max_length: int
     max_body_bytes: int

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -176,19 +177,8 @@ class Backbone:
         return [c for c in chunks if c]
 
     def _forward(self, batch: Sequence[Encoded]) -> torch.Tensor:
-        width = max(len(e.input_ids) for e in batch)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        types = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, e in enumerate(batch):
-            n = len(e.input_ids)
-            ids[row, :n] = torch.tensor(e.input_ids)
-            mask[row, :n] = 1
-            if e.token_type_ids is not None:
-                types[row, :n] = torch.tensor(e.token_type_ids)
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        if batch[0].token_type_ids is not None:
-            inputs["token_type_ids"] = types.to(self.device)
+        inputs = {name: tensor.to(self.device) for name, tensor in _padded_inputs(
+            batch, self.pad_token_id).items()}
         if self._head is None:
             states = self.model(**inputs).last_hidden_state
             return self.pooling(states, inputs["attention_mask"])
@@ -233,6 +223,24 @@ class Backbone:
                 f.seek(max(0, size - _FINGERPRINT_BYTES))
                 digest.update(f.read(_FINGERPRINT_BYTES))
         return digest.hexdigest()[:32]
+
+
+def _padded_inputs(batch: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` (and `token_type_ids`) `[B, longest]`, filled
+    by one masked assignment of all ids at once, not a tensor per row: the row-major order of
+    the mask's True cells is the order of the concatenated ids."""
+    lengths = torch.tensor([len(e.input_ids) for e in batch])
+    real = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
+    ids = torch.full(real.shape, pad_token_id, dtype=torch.long)
+    ids[real] = torch.tensor(list(chain.from_iterable(e.input_ids for e in batch)))
+    inputs = {"input_ids": ids, "attention_mask": real.long()}
+    if batch[0].token_type_ids is not None:
+        types = torch.zeros(real.shape, dtype=torch.long)
+        types[real] = torch.tensor(list(chain.from_iterable(
+            [0] * len(e.input_ids) if e.token_type_ids is None else e.token_type_ids
+            for e in batch)))
+        inputs["token_type_ids"] = types
+    return inputs
 
 
 def resolve_backbone_path(source: str | None) -> Path:

@@ -143,12 +143,14 @@ class Engine:
                            step)
             self.queue.put(job)
             self.metrics.queue_size.set(self.queue.queued_items)
+            queued = time.perf_counter()
             try:
                 rewards = await job.future
             except asyncio.CancelledError:  # the client left: stop spending work on it
                 self.queue.cancel(job)
                 self.metrics.queue_size.set(self.queue.queued_items)
                 raise
+            self.metrics.score_phase.labels("queue").observe(time.perf_counter() - queued)
             self.metrics.items_ahead.observe(job.items_ahead)
             version = run.version
         return ScoreResponse(rewards=rewards, version=version, step=step, omega=omega_t)
@@ -251,8 +253,10 @@ class Engine:
 
     def _prepare_score(self, request: ScoreRequest, run: Run,
                        body_tensors: dict[str, TensorView] | None) -> list[Sample]:
-        samples = score_samples(request, run.config.policy_hidden_size, body_tensors)
-        return prepare(samples, self.backbone, self._rte_cache)
+        with self.metrics.score_phase.labels("validate").time():
+            samples = score_samples(request, run.config.policy_hidden_size, body_tensors)
+        with self.metrics.score_phase.labels("tokenize").time():
+            return prepare(samples, self.backbone, self._rte_cache)
 
     def _prepare_update(self, request: UpdateRequest, run: Run,
                         body_tensors: dict[str, TensorView] | None) -> UpdateBatch:
@@ -318,3 +322,4 @@ class Engine:
     async def on_model(self, fn: Callable[..., T], *args: object) -> T:
         """Run on the model thread, where all torch work on runs happens."""
         return await self._on(self._model_thread, fn, *args)
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -14,11 +15,14 @@ from r2m_service.errors import InvalidInput
 
 def to_torch(view: TensorView) -> torch.Tensor:
     """View the bytes as a tensor without copying (the buffer is the request body)."""
+    dtype = TORCH_DTYPES[view.dtype]
     if view.nbytes == 0:
-        return torch.empty(view.shape, dtype=TORCH_DTYPES[view.dtype])
+        return torch.empty(view.shape, dtype=dtype)
+    if not view.data.readonly:  # request bodies are writable: no warning filter (costs µs/item)
+        return torch.frombuffer(view.data, dtype=dtype).view(view.shape)
     with warnings.catch_warnings():  # read-only buffers warn; the tensor is never written
         warnings.simplefilter("ignore", UserWarning)
-        flat = torch.frombuffer(view.data, dtype=TORCH_DTYPES[view.dtype])
+        flat = torch.frombuffer(view.data, dtype=dtype)
     return flat.view(view.shape)
 
 
@@ -27,12 +31,15 @@ class HiddenStateResolver:
 
     JSON bodies inline tensors; binary bodies name tensors of the safetensors body. Each body
     tensor must be used exactly once, so a client's naming bug is an error, not a silent drop.
+    Shapes are checked at once; NaN/Inf for all tensors together in `check_all_used`, which
+    every caller runs before using any tensor (see `_first_non_finite` for why).
     """
 
     def __init__(self, policy_hidden_size: int, body_tensors: dict[str, TensorView] | None) -> None:
         self.policy_hidden_size = policy_hidden_size
         self._body = body_tensors
         self._used: set[str] = set()
+        self._unchecked: list[tuple[torch.Tensor, str, str]] = []  # tensor, field, error
 
     def resolve(self, value: TensorField, field: str) -> torch.Tensor:
         view = self._view(value, field)
@@ -46,8 +53,7 @@ class HiddenStateResolver:
         if length == 0:
             raise InvalidInput("expected at least one token (S ≥ 1), got S = 0", field)
         tensor = to_torch(view)
-        if not _all_finite(tensor):
-            raise InvalidInput("hidden states contain NaN or Inf", field)
+        self._unchecked.append((tensor, field, "hidden states contain NaN or Inf"))
         return tensor
 
     def resolve_vector(self, value: TensorField, field: str) -> torch.Tensor:
@@ -57,11 +63,16 @@ class HiddenStateResolver:
             raise InvalidInput(f"expected a vector [D_p={self.policy_hidden_size}], got shape "
                                f"{list(view.shape)}", field)
         tensor = to_torch(view)
-        if not _all_finite(tensor):
-            raise InvalidInput("vector contains NaN or Inf", field)
+        self._unchecked.append((tensor, field, "vector contains NaN or Inf"))
         return tensor
 
     def check_all_used(self) -> None:
+        """Every tensor resolved so far is finite, and every body tensor was used."""
+        bad = _first_non_finite(self._unchecked)
+        self._unchecked = []
+        if bad is not None:
+            _, field, message = bad
+            raise InvalidInput(message, field)
         unused = sorted(set(self._body or ()) - self._used)
         if unused:
             raise InvalidInput(f"body tensors not referenced by the request: {unused[:5]}", "body")
@@ -80,8 +91,38 @@ class HiddenStateResolver:
         return self._body[value]
 
 
+# Small tensors are checked for NaN/Inf together, up to this many bytes per concatenation.
+_FINITE_CHECK_BYTES = 16 << 20
+
+
+def _first_non_finite(tensors: list[tuple[torch.Tensor, str, str]]
+                      ) -> tuple[torch.Tensor, str, str] | None:
+    """The first entry whose tensor holds NaN or ±Inf, in request order, or None.
+
+    Same-rank tensors are concatenated into groups of up to `_FINITE_CHECK_BYTES` and each group
+    is checked with one reduction: every torch call releases and retakes the GIL, and with the
+    model thread busy in Python that round trip cost ~60 µs per item, far more than the check
+    itself (bench/RESULTS.md#overhead-per-item). A group that fails is searched item by item.
+    """
+    start = 0
+    while start < len(tensors):
+        end, size = start, 0
+        rank = tensors[start][0].dim()
+        while (end < len(tensors) and tensors[end][0].dim() == rank
+               and (end == start or size + tensors[end][0].nbytes <= _FINITE_CHECK_BYTES)):
+            size += tensors[end][0].nbytes
+            end += 1
+        group = [t for t, _, _ in tensors[start:end]]
+        if not _all_finite(group[0] if len(group) == 1 else torch.cat(group)):
+            return next(entry for entry in tensors[start:end] if not _all_finite(entry[0]))
+        start = end
+    return None
+
+
 def _all_finite(tensor: torch.Tensor) -> bool:
     """Exact and ~10× faster than `isfinite(t).all()` on large tensors: NaN propagates into
-    aminmax and ±Inf lands on an extreme, so checking the two extremes is enough."""
+    aminmax and ±Inf lands on an extreme, so checking the two extremes is enough. The extremes
+    are checked as Python floats: `torch.isfinite` on two scalars cost 15× the aminmax itself
+    on small tensors (bench/overhead_per_item.py)."""
     low, high = torch.aminmax(tensor)
-    return bool(torch.isfinite(low) & torch.isfinite(high))
+    return math.isfinite(low.item()) and math.isfinite(high.item())

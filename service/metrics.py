@@ -37,6 +37,12 @@ class Metrics:
             "r2m_score_items_ahead", "Other requests' items batched ahead of a score request's "
             "last item (from the batch in flight at its arrival on): head-of-line blocking.",
             buckets=(0.0, *SIZE_BUCKETS), registry=r)
+        self.score_phase = Histogram(
+            "r2m_score_phase_seconds", "Where a /v1/score request's time goes outside the "
+            "backbone: decode (read and parse the body into the schema), validate (hidden-state "
+            "checks), tokenize (cache keys, cache lookups, tokenizer), queue (enqueued until its "
+            "rewards are back: waiting plus its model batches) and response (encoding the "
+            "answer).", ["phase"], buckets=DURATION_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
             "r2m_batch_tokens", "Padded tokens per backbone batch (the token budget's unit).",
             buckets=tuple(float(2**i) for i in range(4, 18)), registry=r)

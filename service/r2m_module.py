@@ -19,6 +19,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+# ϕ and the attention keep float32 master weights and compute in float32, whatever dtype the
+# backbone runs in: with a bfloat16 backbone the step-0 reward is this head on the bf16 features,
+# not the model's own bf16 logit (docs/method.md#scoring-head). `/v1/info` reports it.
+MODULE_DTYPE = "float32"
+# A CPU batch of hidden states whose padded float32 copy is at most this takes the padded path.
+CPU_PADDED_BYTES = 4 << 20
 # Checkpoint tensor names (docs/design.md); the module's state_dict uses exactly these.
 TRAINABLE_TENSORS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
                      "score.weight", "score.bias")
@@ -62,11 +68,14 @@ class R2MModule(nn.Module):
         """Ĥ `[B, D_rm]` from RTEs `[B, D_rm]` and each item's hidden states `[S_i, D_p]`.
 
         Two evaluations of the same function: on CUDA one padded, masked batch (one kernel
-        for all items); elsewhere item by item on the unpadded tensors, which skips a padded
-        float32 copy of every byte — on a CPU that copy costs more than the attention itself.
+        for all items); on a CPU item by item on the unpadded tensors, which skips a padded
+        float32 copy of every byte — for long hidden states that copy costs more than the
+        attention itself. **[choice]** A CPU batch whose padded copy is at most
+        `CPU_PADDED_BYTES` is padded too: there the copy is cheaper than the five torch calls
+        per item of the ragged path (bench/RESULTS.md#overhead-per-item).
         """
-        if rte.device.type == "cuda":
-            padded, mask = pad_hidden_states(hidden, rte.device)
+        if rte.device.type == "cuda" or padded_bytes(hidden) <= CPU_PADDED_BYTES:
+            padded, mask = pad_hidden_states(hidden, rte.device, self.q_proj.weight.dtype)
             return self.attend_padded(rte, padded, mask)
         return self.attend_ragged(rte, hidden)
 
@@ -115,14 +124,19 @@ class R2MModule(nn.Module):
         return self.score(fused).squeeze(-1)
 
 
+def padded_bytes(states: Sequence[torch.Tensor]) -> int:
+    """Bytes of the float32 `[B, S_max, D_p]` copy that `pad_hidden_states` makes."""
+    return len(states) * max(s.shape[0] for s in states) * states[0].shape[1] * 4
+
+
 def pad_hidden_states(states: Sequence[torch.Tensor], device: torch.device,
                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged `[S_i, D_p]` tensors → zero-padded `[B, S_max, D_p]` (cast in the same copy) and
-    the bool mask of real positions."""
+    """Ragged `[S_i, D_p]` tensors → zero-padded `[B, S_max, D_p]` and the bool mask of real
+    positions. All rows in one concatenation, one transfer and one masked write (the mask's
+    True cells, row-major, are the concatenated rows in order), not a copy per item."""
     lengths = torch.tensor([s.shape[0] for s in states])
-    width = int(lengths.max())
-    padded = torch.zeros(len(states), width, states[0].shape[1], device=device, dtype=dtype)
-    for row, s in enumerate(states):
-        padded[row, : s.shape[0]].copy_(s, non_blocking=True)
-    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-    return padded, mask.to(device)
+    mask = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
+    mask = mask.to(device)
+    padded = torch.zeros(*mask.shape, states[0].shape[1], device=device, dtype=dtype)
+    padded[mask] = torch.cat(list(states)).to(device, dtype)
+    return padded, mask

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from r2m_proto.schemas import RewardDiagnostics
+from r2m_service.samples import stack_rtes
 
 if TYPE_CHECKING:
     from r2m_service.batching import BatchItem
@@ -115,7 +116,7 @@ def observe_scores(run: Run, items: Sequence[BatchItem], rewards: torch.Tensor,
     omega_t = items[0].job.omega
     with torch.no_grad():
         weight = module.score.weight.squeeze(0)
-        rte = torch.stack([item.sample.rte.to(weight) for item in items])  # type: ignore[union-attr]
+        rte = stack_rtes([item.sample for item in items], weight.device)
         fed_back = torch.tensor([item.sample.hidden is not None and omega_t < 1.0
                                  for item in items], device=weight.device)
         scale = torch.where(fed_back, omega_t, 1.0)

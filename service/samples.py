@@ -110,5 +110,11 @@ def token_count(sample: Sample) -> int:
 
 
 def stack_rtes(samples: Sequence[Sample], device: torch.device) -> torch.Tensor:
-    """One `[B, D_rm]` tensor on `device` (shared-cache RTEs arrive on the CPU)."""
-    return torch.stack([s.rte.to(device) for s in samples])  # type: ignore[union-attr]
+    """One `[B, D_rm]` tensor on `device` (shared-cache RTEs arrive on the CPU). One copy to
+    the device for the whole batch when the RTEs share a device (the usual case), not a
+    `.to` per item."""
+    rtes: list[torch.Tensor] = [s.rte for s in samples]  # type: ignore[misc]
+    first = rtes[0].device
+    if all(r.device == first for r in rtes):
+        return torch.stack(rtes).to(device)
+    return torch.stack([r.to(device) for r in rtes])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from r2m_service.errors import InvalidInput
@@ -41,15 +43,22 @@ class TextFormatter:
         self.max_length = max_length
         self.uses_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self._with_token_types = "token_type_ids" in tokenizer.model_input_names
+        # the Rust tokenizer behind a fast tokenizer (None for a slow, pure-Python one)
+        self._backend: Tokenizer | None = (getattr(tokenizer, "backend_tokenizer", None)
+                                           if tokenizer.is_fast else None)
 
     def encode(self, pairs: Sequence[TextPair]) -> list[Encoded]:
-        """Tokenize a batch; errors name the offending pair's field."""
+        """Tokenize a batch in one tokenizer call; errors name the offending pair's field."""
         if self.uses_chat_template:
-            return [self._encode_chat(p.prompt, p.response, p.field) for p in pairs]
+            return self._encode_chats(pairs)
         return self._encode_pairs(pairs)
 
     def _encode_pairs(self, pairs: Sequence[TextPair]) -> list[Encoded]:
         try:
+            if self._backend is not None:
+                encodings = self._backend_batch(self._backend, [(p.prompt, p.response)
+                                                                for p in pairs], pairs=True)
+                return [self._encoded(e.ids, e.type_ids) for e in encodings]
             enc = self.tokenizer([p.prompt for p in pairs], [p.response for p in pairs],
                                  truncation="only_first", max_length=self.max_length)
         except Exception:  # the fast tokenizer fails the whole batch; find the culprit
@@ -60,12 +69,44 @@ class TextFormatter:
         return [Encoded(ids, types[i] if types is not None else None)
                 for i, ids in enumerate(enc["input_ids"])]
 
+    def _backend_batch(self, backend: Tokenizer, inputs: list[Any], *,
+                       pairs: bool) -> list[Any]:
+        """What transformers' `__call__` runs inside (the same ids), without building a dict
+        of lists per item (attention masks, never read): about half the tokenizing time per
+        item (bench/RESULTS.md#overhead-per-item). Pairs get special tokens and lose prompt
+        tokens past max length (`only_first`); rendered chats (the template wrote the special
+        tokens) get neither. Set per batch, as transformers does, because
+        its own calls (`_check_response_fits`, `decode`) leave their settings behind."""
+        backend.encode_special_tokens = bool(getattr(self.tokenizer, "split_special_tokens",
+                                                     False))
+        if pairs:
+            backend.enable_truncation(self.max_length, strategy="only_first",
+                                      direction=self.tokenizer.truncation_side)
+        elif backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
+        return backend.encode_batch(inputs, add_special_tokens=pairs)
+
+    def _encoded(self, ids: list[int], types: list[int] | None) -> Encoded:
+        if not self._with_token_types:
+            return Encoded(ids, None)
+        return Encoded(ids, [0] * len(ids) if types is None else types)
+
+    def _encode_chats(self, pairs: Sequence[TextPair]) -> list[Encoded]:
+        """Render every chat, tokenize them in one call; only an over-long one is then cut on
+        its own (rare, and several tokenizer calls each)."""
+        rendered = self._chat_ids([self._chat_text(p.prompt, p.response) for p in pairs])
+        return [self._encoded(ids, None) if len(ids) <= self.max_length
+                else self._encode_chat(p.prompt, p.response, p.field)
+                for p, ids in zip(pairs, rendered, strict=True)]
+
     def _encode_chat(self, prompt: str, response: str, field: str) -> Encoded:
         for _ in range(_MAX_CHAT_TRUNCATION_ROUNDS):
-            ids = self._render_chat(prompt, response)
+            ids = self._chat_ids([self._chat_text(prompt, response)])[0]
             overflow = len(ids) - self.max_length
             if overflow <= 0:
-                return Encoded(ids, [0] * len(ids) if self._with_token_types else None)
+                return self._encoded(ids, None)
             prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             keep = len(prompt_ids) - overflow
             if keep <= 0:
@@ -75,11 +116,16 @@ class TextFormatter:
         raise InvalidInput(f"cannot fit the chat-formatted input into max_length="
                            f"{self.max_length} tokens by truncating the prompt", field)
 
-    def _render_chat(self, prompt: str, response: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
+    def _chat_text(self, prompt: str, response: str) -> str:
+        return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
             tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _chat_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of rendered chats (the template wrote the special tokens): one call."""
+        if self._backend is not None:
+            return [e.ids for e in self._backend_batch(self._backend, texts, pairs=False)]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _check_response_fits(self, response: str, field: str, *, pair: bool) -> None:
         n = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])

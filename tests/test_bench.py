@@ -29,6 +29,8 @@ RATIOS: dict[str, list[tuple[str, ...]]] = {
              ("loopback_tcp", "fraction_of_memcpy")],
     "batching": [("inprocess_batch_ceiling", "ratio")],
     "update": [("k4", "cold_over_warm"), ("k8", "cold_over_warm")],
+    "overhead_per_item": [("after", body, "100", "overhead_us_per_item")
+                          for body in ("json", "json_hidden", "binary_hidden")],
 }
 
 

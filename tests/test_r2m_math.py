@@ -50,12 +50,19 @@ def padded_forward(module: R2MModule, rte: torch.Tensor, hidden: list[torch.Tens
 
 def ragged_forward(module: R2MModule, rte: torch.Tensor, hidden: list[torch.Tensor],
                    omega_t: float) -> torch.Tensor:
-    """The item-by-item path (the one a CPU takes), through the module's own forward."""
+    """The item-by-item path (the one a CPU takes for long hidden states)."""
+    fused = (1 - omega_t) * module.attend_ragged(rte, hidden) + omega_t * rte
+    return module.score(fused).squeeze(-1)
+
+
+def module_forward(module: R2MModule, rte: torch.Tensor, hidden: list[torch.Tensor],
+                   omega_t: float) -> torch.Tensor:
+    """The module's own forward (which picks one of the two by size and device)."""
     return module(rte, hidden, omega_t)
 
 
 Forward = Callable[[R2MModule, torch.Tensor, list[torch.Tensor], float], torch.Tensor]
-PATHS: list[Forward] = [padded_forward, ragged_forward]
+PATHS: list[Forward] = [padded_forward, ragged_forward, module_forward]
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -4,6 +4,7 @@ at t > 0 its reward is Eq. 3–4 evaluated on the model's own features and the r
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from safetensors.torch import load as load_safetensors
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from r2m_client import Group, R2MClient
-from tests.conftest import Server
+from tests.conftest import Server, start_server
 from tests.helpers import PROMPTS, RESPONSES, hidden
 
 
@@ -21,11 +22,11 @@ def own_logits(model_dir: Path, prompts: list[str], responses: list[str]) -> lis
     return [logit for logit, _ in own_forward(model_dir, prompts, responses)]
 
 
-def own_forward(model_dir: Path, prompts: list[str], responses: list[str]
-                ) -> list[tuple[float, torch.Tensor]]:
-    """(logit, H_last) per pair from the RM's own forward, one pair at a time. H_last is what
-    the model's scoring layer reads (the input of `score` / `classifier`)."""
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+def own_forward(model_dir: Path, prompts: list[str], responses: list[str],
+                dtype: torch.dtype = torch.float32) -> list[tuple[float, torch.Tensor]]:
+    """(logit, H_last) per pair from the RM's own forward in `dtype`, one pair at a time.
+    H_last is what the model's scoring layer reads (the input of `score` / `classifier`)."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     head = getattr(model, "score", None) or model.classifier
     features: list[torch.Tensor] = []
@@ -54,15 +55,52 @@ def test_score_at_step_zero_equals_model_logits(
     expected = own_logits(model_dir, PROMPTS, RESPONSES)
     assert min(abs(a - b) for a in expected for b in expected if a != b) > 1e-3  # items differ
     with R2MClient(server.url) as rm:
+        info = rm.info()
         run = rm.create_run(policy_hidden_size=16, total_steps=100)
         batched = rm.score(run.run_id, PROMPTS, RESPONSES).rewards
         with_feedback = rm.score(run.run_id, PROMPTS, RESPONSES,
                                  hidden([3, 9, 1, 5], 16), step=0).rewards
         one_by_one = [rm.score(run.run_id, [p], [r]).rewards[0]
                       for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    assert (info.dtype, info.head_dtype) == ("float32", "float32")
     assert batched == pytest.approx(expected, abs=1e-5)
     assert with_feedback == pytest.approx(expected, abs=1e-5)
     assert one_by_one == pytest.approx(expected, abs=1e-5)
+
+
+# docs/method.md#scoring-head: with a bfloat16 backbone the step-0 reward is the float32 head on
+# the bf16 features; the model's own logit is that product rounded to bf16 (twice: the dot
+# product, then the bias add), so they differ by at most 2⁻⁷·|logit|, and not by nothing.
+BF16_GAP = 2**-7
+
+
+@pytest.fixture(scope="module")
+def bf16_bert_server(server_logs: Path, bert_rm_dir: Path) -> Iterator[Server]:
+    server = start_server(server_logs, "--backbone", str(bert_rm_dir), "--dtype", "bfloat16")
+    yield server
+    server.stop()
+
+
+def test_bf16_backbone_step_zero_is_the_float32_head_on_bf16_features(
+        bf16_bert_server: Server, bert_rm_dir: Path) -> None:
+    own = own_forward(bert_rm_dir, PROMPTS, RESPONSES, dtype=torch.bfloat16)
+    with R2MClient(bf16_bert_server.url) as rm:
+        info = rm.info()
+        run = rm.create_run(policy_hidden_size=16, total_steps=100)
+        head = load_safetensors(rm.checkpoint(run.run_id))
+        batched = rm.score(run.run_id, PROMPTS, RESPONSES).rewards
+        one_by_one = [rm.score(run.run_id, [p], [r]).rewards[0]
+                      for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    assert (info.dtype, info.head_dtype) == ("bfloat16", "float32")
+    assert head["score.weight"].dtype == torch.float32
+    fp32_head = [float(h.float() @ head["score.weight"][0] + head["score.bias"][0])
+                 for _, h in own]
+    assert one_by_one == pytest.approx(fp32_head, abs=1e-4)  # the same features, unpadded
+    logits = [logit for logit, _ in own]
+    gaps = [abs(r - logit) for r, logit in zip(batched, logits, strict=True)]
+    bounds = [BF16_GAP * abs(logit) + 1e-3 for logit in logits]  # + padding's bf16 jitter
+    assert all(g <= b for g, b in zip(gaps, bounds, strict=True)), (gaps, logits)
+    assert max(abs(r - logit) for r, logit in zip(one_by_one, logits, strict=True)) > 0
 
 
 @pytest.mark.parametrize("backbone", ["llama", "bert"])

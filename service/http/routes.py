@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from r2m_proto.media import CHECKPOINT_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER
+from r2m_proto.media import CHECKPOINT_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER, JSON_MEDIA_TYPE
 from r2m_proto.schemas import (
     CreateRunRequest,
     InfoResponse,
@@ -28,6 +28,7 @@ from r2m_service.http.body import read_checkpoint, read_request
 from r2m_service.http.disconnect import unless_disconnected
 from r2m_service.http.openapi import checkpoint_body, tensor_body
 from r2m_service.metrics import Metrics
+from r2m_service.r2m_module import MODULE_DTYPE
 from r2m_service.settings import Settings
 
 router = APIRouter()
@@ -85,7 +86,8 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
     return InfoResponse(
         backbone=backbone.name, backbone_kind=backbone.kind,
         backbone_identity=backbone.identity, reward_hidden_size=backbone.hidden_size,
-        dtype=backbone.dtype, device=str(backbone.device), max_length=backbone.max_length,
+        dtype=backbone.dtype, head_dtype=MODULE_DTYPE, device=str(backbone.device),
+        max_length=backbone.max_length,
         max_body_bytes=settings.max_body_bytes, max_items=settings.max_items,
         runs=len(engine.runs), score_batch_tokens=engine.sizer.budget(),
         score_batch_tokens_learned=engine.sizer.learned, software_version=__version__,
@@ -138,15 +140,18 @@ async def import_checkpoint(run_id: str, request: Request, engine: EngineDep,
 
 
 @router.post("/v1/score", tags=["reward"], openapi_extra=tensor_body(ScoreRequest),
-             dependencies=[require(Scope.SCORE)])
+             dependencies=[require(Scope.SCORE)], response_model=ScoreResponse)
 @router.post("/score", tags=["reward"], include_in_schema=False,
-             dependencies=[require(Scope.SCORE)])
+             dependencies=[require(Scope.SCORE)], response_model=ScoreResponse)
 async def score(request: Request, engine: EngineDep, settings: SettingsDep,
-                m: MetricsDep) -> ScoreResponse:
+                m: MetricsDep) -> Response:
     """Rewards for prompt-response pairs (+ policy hidden states), one per item, in order."""
-    body, tensors = await read_body(request, ScoreRequest, settings, m, "/v1/score")
+    with m.score_phase.labels("decode").time():
+        body, tensors = await read_body(request, ScoreRequest, settings, m, "/v1/score")
     check_count(len(body.items), settings.max_items, "items")
-    return await unless_disconnected(request, engine.score(body, tensors))
+    answer = await unless_disconnected(request, engine.score(body, tensors))
+    with m.score_phase.labels("response").time():  # encoded once, not re-validated by FastAPI
+        return Response(answer.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @router.post("/v1/update", tags=["reward"], openapi_extra=tensor_body(UpdateRequest),
