@@ -90,7 +90,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
     finally:
         if own_pool:
             pool.close()
-    headlines = comparison_headlines("latency_under_load", results, "learned", "filled")
+    headlines = comparison_headlines("latency_under_load", settings, results, "learned",
+                                     "filled")
     path = write_result("latency_under_load", settings, results, out_dir, headlines)
     return {"path": str(path), "headlines": headlines, **results}
 
@@ -135,23 +136,24 @@ def compare(targets: Sequence[Target], settings: dict[str, Any]) -> dict[str, An
     return results
 
 
-def comparison_headlines(benchmark: str, results: dict[str, Any], new: str, old: str
-                         ) -> list[Headline]:
+def comparison_headlines(benchmark: str, settings: dict[str, Any], results: dict[str, Any],
+                         new: str, old: str) -> list[Headline]:
     """The three goals' numbers: small-request latency, big-request slow-down, matrix rows."""
-    heads = [Headline(benchmark, f"{name}: 1-item latency {DELAY_S:.1f} s into a 256-item "
-                      "request (median)", results[name]["median"]["small_s"], "s",
+    big = f"{settings['big_items']}-item"
+    heads = [Headline(benchmark, f"{name}: 1-item latency {settings['delay_s']:.1f} s into a "
+                      f"{big} request (median)", results[name]["median"]["small_s"], "s",
                       SMALL_LATENCY_GOAL_S if name == new else None, higher_is_better=False)
              for name in (new, old)]
-    heads += [Headline(benchmark, f"{name}: 256-item request latency (median)",
+    heads += [Headline(benchmark, f"{name}: {big} request latency (median)",
                        results[name]["median"]["big_s"], "s", higher_is_better=False)
               for name in (new, old)]
-    heads.append(Headline(benchmark, f"256-item latency {new} ÷ {old}",
+    heads.append(Headline(benchmark, f"{big} latency {new} ÷ {old}",
                           results["ratios"]["big_s"], "×", BIG_SLOWDOWN_GOAL,
                           higher_is_better=False))
     for key, ratio in results["ratios"].items():
         if key.startswith("items/s"):
-            heads.append(Headline(benchmark, f"{key} {new} ÷ {old} ({results[new]['median'][key]:.1f}"
-                                  f" vs {results[old]['median'][key]:.1f})", ratio, "×"))
+            rates = f"{results[new]['median'][key]:.1f} vs {results[old]['median'][key]:.1f}"
+            heads.append(Headline(benchmark, f"{key} {new} ÷ {old} ({rates})", ratio, "×"))
     return heads
 
 

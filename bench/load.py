@@ -3,9 +3,10 @@ one is answered, for a fixed window.
 
 Each worker owns its own client (one connection), like N separate trainers; httpx's shared pool
 would otherwise cap concurrency at 100 connections. The client is an `AsyncR2MClient`, or with
-`raw=True` a plain `httpx.AsyncClient` (for other servers, such as OpenRLHF's `serve_rm`). Requests started before the
-deadline all finish, and throughput is items ÷ (last answer − start), so a slow tail is counted
-rather than cut off. Retries are off: an overload shows up as errors, not as hidden waits.
+`raw=True` a plain `httpx.AsyncClient` (for other servers, such as OpenRLHF's `serve_rm`).
+Requests started before the deadline all finish, and throughput is items ÷ (last answer −
+start), so a slow tail is counted rather than cut off. Retries are off: an overload shows up as
+errors, not as hidden waits.
 """
 
 from __future__ import annotations
