@@ -25,11 +25,12 @@ TARGET_LEVEL = 32
 
 
 def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | None = None,
-        levels: tuple[int, ...] = LEVELS, items_per_request: int = 1) -> dict[str, Any]:
+        levels: tuple[int, ...] = LEVELS, items_per_request: int = 1,
+        window_s: float | None = None, rounds: int | None = None) -> dict[str, Any]:
     specs = {"on": ServerSpec(batching=True), "off": ServerSpec(batching=False)}
     settings: dict[str, Any] = {
         "levels": list(levels), "items_per_request": items_per_request,
-        "window_s": 0.5 if quick else 12.0, "rounds": 1 if quick else 2,
+        "window_s": window_s or (0.5 if quick else 12.0), "rounds": rounds or (1 if quick else 2),
         "words_per_text": 4 if quick else 16,
         "hidden_states": None, "cache": "cold (unique texts per item)",
         "torch_threads": torch_threads(),

@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from r2m_bench.common import RESULTS_DIR, Headline, write_result
+from r2m_bench.servers import (
+    ServerPool,
+    ServerSpec,
+    Target,
+    set_target,
+    set_torch_threads,
+    torch_threads,
+)
 
 BENCHMARKS = ("efficiency", "overhead", "wire", "batching", "update", "overhead_per_item")
 EXTRA = ("score_latency", "scale_out", "split", "overlap", "get_reward", "soak", "paper_state",
@@ -28,8 +36,9 @@ EXTRA = ("score_latency", "scale_out", "split", "overlap", "get_reward", "soak",
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r2m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", nargs="?", default="all", choices=("all", *BENCHMARKS, *EXTRA),
-                        help="one benchmark, or all of the core ones (default)")
+    parser.add_argument("name", nargs="*", default=["all"], choices=("all", *BENCHMARKS, *EXTRA),
+                        help="benchmarks to run in one server pool, or all of the core ones "
+                             "(default)")
     parser.add_argument("--quick", action="store_true", help="CI mode: small and fast")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"directory for the JSON results (default {RESULTS_DIR})")
@@ -38,13 +47,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="overhead_per_item only: an older r2m checkout to run alongside, "
                              "call by call, for a before/after")
+    parser.add_argument("--device", default=Target.device,
+                        help="torch device of servers and in-process baselines, e.g. cuda")
+    parser.add_argument("--dtype", default=Target.dtype,
+                        choices=("float32", "bfloat16", "float16"), help="backbone dtype")
+    parser.add_argument("--backbone", default=None,
+                        help="model dir the servers and baselines load (default: embedded); "
+                             "`python -m r2m_bench.models` builds one from a config")
+    parser.add_argument("--window-s", type=float, default=None,
+                        help="efficiency and batching only: seconds of each load window "
+                             "(default: their own; bench/gpu.sh shortens them)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="efficiency and batching only: alternating rounds (default: theirs)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads of servers and in-process baselines "
                              "(default: all cores but one)")
     args = parser.parse_args(argv)
-    names = BENCHMARKS if args.name == "all" else (args.name,)
-    from r2m_bench.servers import ServerPool, ServerSpec, set_torch_threads, torch_threads
-
+    names = BENCHMARKS if "all" in args.name else tuple(args.name)
+    set_target(Target(args.device, args.dtype, args.backbone))
     if args.torch_threads is not None:
         set_torch_threads(args.torch_threads)
     if "GLIBC_TUNABLES" not in os.environ:
@@ -65,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = {"minutes": args.minutes} if args.minutes is not None else {}
             if args.baseline is not None and name == "overhead_per_item":
                 options["baseline"] = args.baseline
+            if name in ("efficiency", "batching"):
+                options.update({"window_s": args.window_s, "rounds": args.rounds})
             result = module.run(quick=args.quick, out_dir=args.out, pool=pool, **options)
             timings[name] = time.perf_counter() - t0
             headlines += result.get("headlines", [])

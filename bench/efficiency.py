@@ -26,13 +26,14 @@ TARGET = 0.9
 
 
 def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | None = None,
-        concurrency: int = 32, items_per_request: int | None = None) -> dict[str, Any]:
+        concurrency: int = 32, items_per_request: int | None = None,
+        window_s: float | None = None, rounds: int | None = None) -> dict[str, Any]:
     per_request = items_per_request or (1 if quick else 4)
     settings = {
         "concurrency": concurrency, "items_per_request": per_request,
         # the server's batches can hold at most the items in flight
         "batch_size": min(Settings().max_batch_size, concurrency * per_request),
-        "window_s": 1.0 if quick else 8.0, "rounds": 1 if quick else 6,
+        "window_s": window_s or (1.0 if quick else 8.0), "rounds": rounds or (1 if quick else 6),
         "words_per_text": 4 if quick else 16,
         "small_hidden_states": {"seq_len": 32, "policy_hidden": 256, "dtype": "float32"},
         "cache": "cold (unique texts per item)", "torch_threads": torch_threads(),

@@ -14,14 +14,17 @@ from r2m_bench.common import TextSource
 
 def load_backbone(source: str | None = None, max_batch_size: int = 64,
                   max_length: int | None = None) -> Any:
-    """A `Backbone` with the benchmark's torch thread count (that of the servers)."""
+    """A `Backbone` with the benchmark's torch thread count, device and dtype (those of the
+    servers); `source` None: the servers' default backbone."""
     import torch
 
-    from r2m_bench.servers import torch_threads
+    from r2m_bench.servers import target, torch_threads
     from r2m_service.backbone import Backbone
 
     torch.set_num_threads(torch_threads())
-    return Backbone(source, max_batch_size=max_batch_size, max_length=max_length)
+    where = target()
+    return Backbone(source or where.backbone, device=where.device, dtype=where.dtype,
+                    max_batch_size=max_batch_size, max_length=max_length)
 
 
 def embed_rate(backbone: Any, texts: TextSource, batch: int, window_s: float,

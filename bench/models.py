@@ -9,6 +9,7 @@ takes. Plumbing and exact-math tests use tiny shapes of both kinds (encoder and 
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import shutil
 import tempfile
@@ -43,6 +44,14 @@ TINY_LLAMA = BackboneShape(layers=2, hidden=32, heads=4, intermediate=64, max_le
                            arch="llama", kv_heads=2, positions=256)
 TINY_BERT = BackboneShape(layers=2, hidden=32, heads=4, intermediate=64, max_length=128,
                           positions=128)
+# An 8B-policy-sized causal RM (Llama-3-8B's width: 4096 wide, 32 heads, 8 KV heads, MLP 14336)
+# with only 4 of its 32 layers: layers are identical, so a forward costs about 4/32 of the full
+# model's and the module's share of it comes out about 8× too high (a bound, not an estimate),
+# while the model builds in seconds and loads as 2 GB of bf16 instead of 16 GB (bench/gpu.sh).
+LLAMA_8B_LIKE = BackboneShape(layers=4, hidden=4096, heads=32, intermediate=14336,
+                              max_length=1024, arch="llama", kv_heads=8, positions=8192)
+SHAPES = {"llama-8b-like": LLAMA_8B_LIKE, "realistic": REALISTIC, "quick": QUICK,
+          "tiny-llama": TINY_LLAMA}
 
 
 def save_reward_model(path: Path, shape: BackboneShape, *, seed: int = 0,
@@ -94,3 +103,21 @@ def build_backbone(shape: BackboneShape) -> Path:
     atexit.register(shutil.rmtree, path, True)
     _BUILT[shape] = save_reward_model(path, shape)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m r2m_bench.models SHAPE DIR`: build once, then point `r2m bench --backbone DIR`
+    (or `r2m serve --backbone DIR`) at it."""
+    parser = argparse.ArgumentParser(prog="python -m r2m_bench.models",
+                                     description="Write a reward model built from a config "
+                                                 "(random weights, MiniLM tokenizer) to DIR.")
+    parser.add_argument("shape", choices=sorted(SHAPES))
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    save_reward_model(args.out, SHAPES[args.shape], head_std=1.0)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,6 +34,29 @@ def torch_threads() -> int:
     return _torch_threads
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where servers and in-process baselines run: device, backbone dtype, and the backbone
+    (None: the embedded default). Set once per invocation (`r2m bench --device/--dtype/
+    --backbone`, e.g. by bench/gpu.sh) before any `ServerSpec` is made."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    backbone: str | None = None
+
+
+_target = Target()
+
+
+def target() -> Target:
+    return _target
+
+
+def set_target(new: Target) -> None:
+    global _target
+    _target = new
+
+
 def set_torch_threads(n: int) -> None:
     """Set before any `ServerSpec` is made (the CLI's `--torch-threads`)."""
     global _torch_threads
@@ -46,7 +69,9 @@ def set_torch_threads(n: int) -> None:
 class ServerSpec:
     """How to start one server: `r2m serve` flags and `R2M_*`/allocator environment."""
 
-    backbone: str | None = None
+    backbone: str | None = field(default_factory=lambda: _target.backbone)
+    device: str = field(default_factory=lambda: _target.device)
+    dtype: str = field(default_factory=lambda: _target.dtype)
     torch_threads: int = field(default_factory=torch_threads)
     batching: bool = True
     glibc_tunables: bool = True
@@ -60,6 +85,8 @@ class ServerSpec:
                 str(self.max_body_bytes), "--log-level", "warning"]
         if self.backbone:
             args += ["--backbone", self.backbone]
+        if (self.device, self.dtype) != (Target.device, Target.dtype):
+            args += ["--device", self.device, "--dtype", self.dtype]
         if self.max_length:
             args += ["--max-length", str(self.max_length)]
         return [*args, *self.extra]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,3 +104,25 @@ def _headline(raw: dict[str, Any]) -> Any:
     from r2m_bench.common import Headline
 
     return Headline(**raw)
+
+
+def test_the_gpu_script_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
+    """bench/gpu.sh --dry-run: the GPU run's exact steps and flags, on the CPU with a tiny
+    model in quick mode, so the one GPU run cannot fail on a typo."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), "--dry-run", str(tmp_path)],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["dry_run"] is True and report["dtype"] == "bfloat16"
+    assert list(report["steps"]) == ["build", "split", "efficiency", "batching"]
+    for name, step in report["steps"].items():
+        assert step["rc"] == 0, (name, (tmp_path / f"{name}.log").read_text()[-3000:])
+    for name in ("split", "efficiency", "batching"):
+        data = json.loads((tmp_path / name / f"{name}.json").read_text())
+        server = data["settings"].get("server") or data["settings"]["servers"]["on"]
+        assert "--device cpu --dtype bfloat16" in " ".join(server["args"]), name
+        assert "backbone-tiny-llama" in server["backbone"], name
+    assert {h["benchmark"] for h in report["headlines"]} == {"split", "efficiency", "batching"}
+    assert not (tmp_path / "backbone-tiny-llama").exists()
