@@ -90,6 +90,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
                 results = compare(targets, settings)
                 results["rss_mib_after_matrix"] = {"r2m": _rss_mib(r2m.process.pid),
                                                    "serve_rm": _rss_mib(serve_rm[1].pid)}
+                results["r2m_score_batch_tokens"] = httpx.get(
+                    f"{r2m.url}/v1/info").json()["score_batch_tokens"]
                 results["r2m_rte_cache_mib"] = scrape(r2m.url).get(
                     ("r2m_store_bytes", (("kind", "rte_cache"),)), 0.0) / MiB
             finally:

@@ -8,9 +8,11 @@ newcomer wait 16× longer; on a GPU throughput keeps growing with the batch, and
 - Cost unit: padded tokens (longest × count), the queue's own token budget (TEI's), so long and
   short texts are sized alike and cached items, which cost no forward, never count.
 - Rule: candidate budgets are powers of two from 16 tokens up to `max_batch_tokens`. Each keeps a
-  moving average of the tokens/s of the forwards nearest its size (in log scale). The budget is
-  the smallest candidate whose rate is within `tolerance` of the best rate measured: the smallest
-  batch past which throughput stops growing.
+  moving average of the tokens/s of the forwards nearest its size (in log scale). A batch also
+  costs a fixed amount outside the forward (thread hand-offs, the R2M modules, delivering the
+  rewards), measured per score batch as its whole cycle minus its forwards; it weighs most on a
+  fast backbone. The budget is the smallest candidate whose rate with that fixed cost added is
+  within `tolerance` of the best: the smallest batch past which throughput stops growing.
 - Where the timings come from: a short probe at start-up (batches of 1, 2, 4 … copies of one
   synthetic pair, until throughput stops growing) and then every forward served (scores and
   updates). Every `EXPLORE_EVERY`-th batch gets twice, or half, the budget, so the neighbours of
@@ -42,7 +44,10 @@ class BatchSizer:
         self.fixed = None if fixed is None else min(fixed, max_tokens)
         self.candidates = _candidates(max_tokens)
         self.rates: dict[int, float] = {}  # candidate budget → tokens/s (moving average)
+        self.batch_overhead_s = 0.0  # seconds a score batch costs outside its forwards
         self._batches = 0
+        self._batch_started: float | None = None
+        self._forward_s = 0.0  # forward seconds since the batch in flight started
 
     @property
     def learned(self) -> bool:
@@ -52,20 +57,39 @@ class BatchSizer:
         """Fold one forward's cost into the nearest candidate's rate."""
         if not self.learned or seconds <= 0 or padded_tokens <= 0:
             return
+        self._forward_s += seconds
         candidate = self._nearest(padded_tokens)
-        rate = padded_tokens / seconds
-        old = self.rates.get(candidate)
-        self.rates[candidate] = rate if old is None else old + SMOOTHING * (rate - old)
+        self.rates[candidate] = _moving(self.rates.get(candidate), padded_tokens / seconds)
+
+    def batch_started(self) -> None:
+        """A score batch left the queue: its cycle starts."""
+        self._batch_started, self._forward_s = time.perf_counter(), 0.0
+
+    def batch_finished(self) -> None:
+        """The batch's rewards are delivered: what it cost besides its forwards is the fixed
+        cost of a batch. (An update that ran on the model thread in between inflates one
+        sample; the moving average absorbs it.)"""
+        if not self.learned or self._batch_started is None:
+            return
+        cycle = time.perf_counter() - self._batch_started
+        self._batch_started = None
+        self.batch_overhead_s = _moving(self.batch_overhead_s or None,
+                                        max(0.0, cycle - self._forward_s))
+
+    def effective_rates(self) -> dict[int, float]:
+        """Tokens/s per candidate with the fixed cost of a batch added."""
+        return {c: c / (c / rate + self.batch_overhead_s) for c, rate in self.rates.items()}
 
     def budget(self) -> int:
         """The smallest candidate within `tolerance` of the best measured tokens/s; with no
         timings yet, `max_tokens` (the queue's plain limit)."""
         if self.fixed is not None:
             return self.fixed
-        if not self.rates:
+        rates = self.effective_rates()
+        if not rates:
             return self.max_tokens
-        floor = (1 - self.tolerance) * max(self.rates.values())
-        return min(c for c, rate in self.rates.items() if rate >= floor)
+        floor = (1 - self.tolerance) * max(rates.values())
+        return min(c for c, rate in rates.items() if rate >= floor)
 
     def next_budget(self) -> int:
         """The budget of the batch about to form: `budget()`, except that every
@@ -104,6 +128,10 @@ class BatchSizer:
             if spent > PROBE_SECONDS:
                 break
             n *= 2
+
+
+def _moving(old: float | None, new: float) -> float:
+    return new if old is None else old + SMOOTHING * (new - old)
 
 
 def _candidates(max_tokens: int) -> list[int]:

@@ -150,6 +150,7 @@ class Engine:
                 self.queue.cancel(job)
                 self.metrics.queue_size.set(self.queue.queued_items)
                 raise
+            self.metrics.items_ahead.observe(job.items_ahead)
             self.metrics.score_phase.labels("queue").observe(time.perf_counter() - queued)
             self.metrics.items_ahead.observe(job.items_ahead)
             version = run.version
@@ -322,4 +323,3 @@ class Engine:
     async def on_model(self, fn: Callable[..., T], *args: object) -> T:
         """Run on the model thread, where all torch work on runs happens."""
         return await self._on(self._model_thread, fn, *args)
-

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -74,25 +75,34 @@ def batch_counts(url: str) -> tuple[int, int]:
 
 
 def test_a_small_request_is_not_starved_by_a_big_one(default_server: Server) -> None:
+    # arrive while the big request is being served
+    assert big_then_small(default_server.url, 512, 8, lambda: asyncio.sleep(0.3)) == [
+        "small", "big"]
+
+
+def big_then_small(url: str, big_items: int, small_items: int,
+                   arrive: Callable[[], Awaitable[object]]) -> list[str]:
+    """Which finished first: a big request from one run, or a small one from another run sent
+    once `arrive()` returns."""
     async def scenario() -> list[str]:
-        async with AsyncR2MClient(default_server.url) as rm:
+        async with AsyncR2MClient(url) as rm:
             big_run = (await rm.create_run(policy_hidden_size=D_P, total_steps=10)).run_id
             small_run = (await rm.create_run(policy_hidden_size=D_P, total_steps=10)).run_id
             finished: list[str] = []
 
             async def big() -> None:
-                await rm.score(big_run, *texts("big", 512))
+                await rm.score(big_run, *texts("big", big_items))
                 finished.append("big")
 
             async def small() -> None:
-                await asyncio.sleep(0.3)  # arrive while the big request is being served
-                await rm.score(small_run, *texts("small", 8))
+                await arrive()
+                await rm.score(small_run, *texts("small", small_items))
                 finished.append("small")
 
             await asyncio.gather(big(), small())
             return finished
 
-    assert asyncio.run(scenario()) == ["small", "big"]
+    return asyncio.run(scenario())
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +214,19 @@ def test_budget_is_the_smallest_within_the_tolerance_of_the_best_rate() -> None:
     assert BatchSizer(4096, 0.1).budget() == 4096  # nothing measured yet: the plain limit
 
 
+def test_a_fixed_cost_per_batch_favours_bigger_batches() -> None:
+    sizer = fed(CPU_RATES)
+    sizer.batch_overhead_s = 0.05  # 50 ms per batch outside the forward
+    # tokens/s with it: 128 → 1239, 256 → 1680, 512 → 2041, 1024 → 2188 (best)
+    assert sizer.budget() == 512
+    measured = BatchSizer(16384, 0.1)
+    measured.batch_started()
+    time.sleep(0.02)
+    measured.observe(64, 0.005)
+    measured.batch_finished()  # the cycle's 20 ms or more, less its 5 ms forward
+    assert 0.015 <= measured.batch_overhead_s < 5
+
+
 def test_forwards_count_for_the_nearest_candidate_in_a_moving_average() -> None:
     sizer = BatchSizer(16384, 0.1)
     sizer.observe(200, 0.1)  # log2(200) = 7.6: nearest 256
@@ -312,26 +335,12 @@ def test_a_small_request_waits_for_small_batches_not_the_big_request(
     assert info["score_batch_tokens"] == SMALL_BUDGET
     assert info["score_batch_tokens_learned"] is False
 
-    async def scenario() -> list[str]:
-        async with AsyncR2MClient(url) as rm:
-            run_id = (await rm.create_run(policy_hidden_size=D_P, total_steps=10)).run_id
-            finished: list[str] = []
-
-            async def big() -> None:
-                await rm.score(run_id, *texts("big", 256))
-                finished.append("big")
-
-            async def small() -> None:
-                while _metric(url, "r2m_queue_size") == 0:  # the big request is queued
-                    await asyncio.sleep(0.01)
-                await rm.score(run_id, *texts("small", 1))
-                finished.append("small")
-
-            await asyncio.gather(big(), small())
-            return finished
+    async def big_request_queued() -> None:
+        while _metric(url, "r2m_queue_size") == 0:
+            await asyncio.sleep(0.01)
 
     before = httpx.get(f"{url}/metrics").text
-    assert asyncio.run(scenario()) == ["small", "big"]
+    assert big_then_small(url, 256, 1, big_request_queued) == ["small", "big"]
     after = httpx.get(f"{url}/metrics").text
     batches = _delta(before, after, "r2m_batch_size_count")
     assert batches >= 256 / 8 and _delta(before, after, 'r2m_batch_size_bucket{le="8.0"}') \
