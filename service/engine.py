@@ -150,7 +150,6 @@ class Engine:
                 self.queue.cancel(job)
                 self.metrics.queue_size.set(self.queue.queued_items)
                 raise
-            self.metrics.items_ahead.observe(job.items_ahead)
             self.metrics.score_phase.labels("queue").observe(time.perf_counter() - queued)
             self.metrics.items_ahead.observe(job.items_ahead)
             version = run.version

@@ -43,10 +43,6 @@ class Metrics:
             "checks), tokenize (cache keys, cache lookups, tokenizer), queue (enqueued until its "
             "rewards are back: waiting plus its model batches) and response (encoding the "
             "answer).", ["phase"], buckets=DURATION_BUCKETS, registry=r)
-        self.items_ahead = Histogram(
-            "r2m_score_items_ahead", "Other requests' items batched ahead of a score request's "
-            "last item (from the batch in flight at its arrival on): head-of-line blocking.",
-            buckets=(0.0, *SIZE_BUCKETS), registry=r)
         self.batch_tokens = Histogram(
             "r2m_batch_tokens", "Padded tokens per backbone batch (the token budget's unit).",
             buckets=tuple(float(2**i) for i in range(4, 18)), registry=r)
@@ -119,14 +115,6 @@ class Metrics:
         Gauge("r2m_batch_token_budget", "Token budget of a score batch (learned from forward "
               "timings unless score_batch_tokens sets it).",
               registry=self.registry).set_function(sizer.budget)
-        self.registry.register(_RateCollector(sizer))
-
-    def watch_batching(self, sizer: BatchBudget) -> None:
-        """Gauges read at scrape time: the score batches' token budget in force (learned or
-        set) and, when learned, the measured tokens/s it was chosen from."""
-        Gauge("r2m_batch_token_budget", "Token budget of a score batch (learned from forward "
-              "timings unless score_batch_tokens sets it).",
-              registry=self.registry).set_function(sizer.budget)
         Gauge("r2m_batch_overhead_seconds", "What a score batch costs outside its backbone "
               "forwards (hand-offs, R2M modules, delivery; moving average): the fixed cost "
               "that favours bigger batches.", registry=self.registry).set_function(
@@ -152,30 +140,6 @@ class HeldRuns(Sized, Protocol):
 
     @property
     def held_bytes(self) -> int: ...
-
-
-class BatchBudget(Protocol):
-    """The batch sizer as the batching gauges read it."""
-
-    rates: Mapping[int, float]
-
-    def budget(self) -> int: ...
-
-
-class _RateCollector(Collector):
-    """`r2m_forward_tokens_per_second{budget}`: the sizer's measured rate per candidate."""
-
-    def __init__(self, sizer: BatchBudget) -> None:
-        self._sizer = sizer
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("r2m_forward_tokens_per_second", "Backbone tokens/s measured "
-                                   "near each candidate batch budget (padded tokens); the "
-                                   "budget is the smallest within the tolerance of the best.",
-                                   labels=["budget"])
-        for budget, rate in sorted(self._sizer.rates.items()):
-            family.add_metric([str(budget)], rate)
-        yield family
 
 
 class BatchBudget(Protocol):
