@@ -8,11 +8,9 @@ the R2M module, the answer. The server's own request and module histograms split
 memcpy is a `bytearray` → `bytearray` copy into a reused (page-faulted) buffer, plus a
 fresh-buffer copy for reference, and a raw loopback TCP transfer (two threads, no HTTP) gives
 the kernel's own ceiling on this machine. An unknown-run request (404 after reading and decoding
-the whole body) isolates transport from the checks and module work. A second server runs
-uvicorn's stock HTTP protocol (`--http-read-ahead-bytes 0`), so the service's read-ahead protocol
-(service/http/read_ahead.py) is measured against it; full mode also runs a server without the
-allocator tunables. The servers take turns request by request (the order swapped every round),
-so load drift on a shared machine hits every server alike.
+the whole body) isolates transport from the checks and module work. Full mode also runs a server
+without the allocator tunables; servers take turns request by request (the order swapped every
+round), so load drift on a shared machine hits them alike.
 """
 
 from __future__ import annotations
@@ -49,8 +47,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
         pool: ServerPool | None = None) -> dict[str, Any]:
     items = 4 if quick else 16
     nbytes = items * SEQ * POLICY_HIDDEN * 2
-    specs = {"tunables": ServerSpec(),
-             "stock_http": ServerSpec(extra=("--http-read-ahead-bytes", "0"))}
+    specs = {"tunables": ServerSpec()}
     if not quick:
         specs["no_tunables"] = ServerSpec(glibc_tunables=False)
     settings: dict[str, Any] = {
@@ -81,8 +78,6 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
                  results["loopback_tcp"]["fraction_of_memcpy"], "×"),
         Headline("wire", "binary /v1/score ÷ raw loopback TCP", binary["fraction_of_loopback_tcp"],
                  "×", TCP_TARGET),
-        Headline("wire", "binary /v1/score ÷ raw loopback TCP, uvicorn's stock protocol",
-                 results["servers"]["stock_http"]["binary"]["fraction_of_loopback_tcp"], "×"),
     ]
     if "no_tunables" in results["servers"]:
         headlines.append(Headline("wire", "binary /v1/score, no allocator tunables",

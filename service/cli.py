@@ -110,21 +110,11 @@ def serve(settings: Settings) -> int:
               file=sys.stderr)
         return 2
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level=settings.log_level, http=_http_protocol(settings),
+    config = uvicorn.Config(app, log_level=settings.log_level,
                             timeout_graceful_shutdown=30, log_config=None,
                             access_log=False)  # logging_setup and the request middleware
     DrainingServer(config, app.state, settings.drain_s).run(sockets=[listener])
     return 0
-
-
-def _http_protocol(settings: Settings) -> Any:
-    """uvicorn's HTTP protocol: ours, which reads bodies ahead (http/read_ahead.py), or with
-    `--http-read-ahead-bytes 0` uvicorn's own choice."""
-    if not settings.http_read_ahead_bytes:
-        return "auto"
-    from r2m_service.http.read_ahead import read_ahead_protocol
-
-    return read_ahead_protocol(settings.http_read_ahead_bytes)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -30,10 +30,6 @@ class Settings(BaseSettings):
     max_length: int | None = Field(
         None, gt=1, description="Max tokens per (prompt, response); default: the model's limit.")
     max_body_bytes: int = Field(256 * MiB, gt=0, description="Larger request bodies get 413.")
-    http_read_ahead_bytes: int = Field(
-        8 * MiB, ge=0, description="Request body bytes read from a connection ahead of the app "
-                                   "before the socket pauses (uvicorn's own protocol pauses at "
-                                   "64 KiB); 0: uvicorn's stock HTTP protocol.")
     max_items: int = Field(1024, gt=0, description="Max items (or responses) per request.")
     max_batch_size: int = Field(64, gt=0, description="Max sequences per model batch.")
     max_batch_tokens: int = Field(

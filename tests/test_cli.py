@@ -43,7 +43,6 @@ def test_every_flag_reaches_the_service(tmp_path: Path, llama_rm_dir: Path) -> N
         "redis_prefix": "cli-test", "checkpoint_dir": str(tmp_path / "state-files"),
         "lock_lease_s": 12.5, "min_version_wait_s": 0.5, "rte_ttl_s": 99.0,
         "split_context_ttl_s": 42.5, "split_context_bytes": 3_000_000,
-        "http_read_ahead_bytes": 1_000_000,
         "log_level": "debug", "log_format": "text", "api_keys_file": str(keys_file),
         "api_keys": key_line(admin, {Scope.ADMIN}, "admin"),
     }

@@ -1,12 +1,10 @@
 """Both body formats carry the same request; every wire dtype is accepted; a big body reads the
-same through the service's read-ahead HTTP protocol and uvicorn's stock one."""
+same whether its length is declared or it comes chunked."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ import torch
 
 from r2m_client import R2MClient
 from r2m_proto import SAFETENSORS_MEDIA_TYPE, encode_safetensors
-from tests.conftest import Server, start_server
+from tests.conftest import Server
 from tests.helpers import D_P, PROMPTS, RESPONSES, hidden, wire
 
 
@@ -72,49 +70,25 @@ def test_items_without_hidden_states_get_the_backbone_reward(
     assert mixed["rewards"][1] != pytest.approx(mixed["rewards"][0], abs=1e-6)
 
 
-def test_the_read_ahead_protocol_leans_on_uvicorn_details_that_still_hold() -> None:
-    """service/http/read_ahead.py swaps uvicorn's per-request body bytearray for its own chunk
-    list: that is sound only while uvicorn fills `cycle.body` in `on_body` and answers
-    `bytes(self.body)` then resets it in `receive`. An upgrade that changes this fails here."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-
-    assert "self.cycle.body += body" in inspect.getsource(HttpToolsProtocol.on_body)
-    receive = inspect.getsource(RequestResponseCycle.receive)
-    assert '"body": bytes(self.body)' in receive and "self.body = bytearray()" in receive
-
-
-@pytest.fixture(scope="module")
-def stock_http_server(server_logs: Path, llama_rm_dir: Path) -> Iterator[Server]:
-    """uvicorn's own HTTP protocol, for comparison with the service's read-ahead one."""
-    server = start_server(server_logs, "--backbone", str(llama_rm_dir), "--max-length", "64",
-                          "--http-read-ahead-bytes", "0")
-    yield server
-    server.stop()
-
-
 def _pieces(body: bytes, size: int) -> Iterator[bytes]:
     for start in range(0, len(body), size):
         yield body[start:start + size]
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_a_big_body_reads_the_same_through_either_protocol(
-        llama_server: Server, stock_http_server: Server, chunked: bool) -> None:
-    """A 24 MiB body, past the 8 MiB read-ahead (the socket pauses and resumes), sent with a
-    Content-Length or chunked in uneven pieces: the same rewards through both protocols."""
+def test_a_big_body_reads_the_same_with_a_length_or_chunked(llama_server: Server) -> None:
+    """A 24 MiB body read into an uninitialized buffer sized from its Content-Length, or grown
+    from uneven chunks (no length): every byte is the body's, so the rewards are the same."""
     states = hidden([1536] * 4, 1024, seed=9)  # 4 × 1536 × 1024 float32 = 24 MiB
+    with R2MClient(llama_server.url) as rm:
+        run_id = rm.create_run(policy_hidden_size=1024, total_steps=10, seed=3).run_id
+    request = json.dumps({"run_id": run_id, "step": 5, "items": [
+        {"prompt": p, "response": r, "hidden_states": f"h{i}"}
+        for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True))]})
+    body = b"".join(encode_safetensors([(f"h{i}", "float32", tuple(s.shape), s.numpy().tobytes())
+                                        for i, s in enumerate(states)], {"request": request}))
     rewards = []
-    for server in (llama_server, stock_http_server):
-        with R2MClient(server.url) as rm:
-            run_id = rm.create_run(policy_hidden_size=1024, total_steps=10, seed=3).run_id
-        request = json.dumps({"run_id": run_id, "step": 5, "items": [
-            {"prompt": p, "response": r, "hidden_states": f"h{i}"}
-            for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True))]})
-        body = b"".join(encode_safetensors(
-            [(f"h{i}", "float32", tuple(s.shape), s.numpy().tobytes())
-             for i, s in enumerate(states)], {"request": request}))
-        content = _pieces(body, 3_000_001) if chunked else body
-        answer = httpx.post(f"{server.url}/v1/score", content=content, timeout=120,
+    for content in (body, _pieces(body, 3_000_001)):
+        answer = httpx.post(f"{llama_server.url}/v1/score", content=content, timeout=120,
                             headers={"content-type": SAFETENSORS_MEDIA_TYPE})
         assert answer.status_code == 200, answer.text
         rewards.append(answer.json()["rewards"])
