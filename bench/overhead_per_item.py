@@ -43,15 +43,15 @@ HIDDEN_TOKENS = 16
 BODIES = ("json", "json_hidden", "binary_hidden")
 PHASES = ("decode", "validate", "tokenize", "queue", "response")
 HEADLINE_ITEMS = 1000
-# Short texts (26 tokens a pair with the MiniLM tokenizer): the fixed cost per item is the question, and the
-# tokenizer's cost grows with tokens (reported per token next to it).
+# Short texts (26 tokens a pair with the MiniLM tokenizer): the fixed cost per item is the
+# question; the tokenizer's share grows with the tokens.
 PROMPT_WORDS, RESPONSE_WORDS = 4, 4
 
 
 def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | None = None,
         baseline: Path | None = None) -> dict[str, Any]:
     sizes = (100,) if quick else (1, 10, 100, HEADLINE_ITEMS)
-    repeat = 1 if quick else 5
+    repeat = 1 if quick else 15
     backbone = str(build_backbone(NEARLY_FREE))
     spec = ServerSpec(backbone=backbone, max_length=NEARLY_FREE.max_length, torch_threads=1)
     servers = {"after": spec}
@@ -88,11 +88,11 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
             pool.close()
     results = {name: {body: {str(n): _summary(per) for n, per in by_size.items()}
                       for body, by_size in by_body.items()} for name, by_body in calls.items()}
-    if "before" in results:
+    if "before" in results:  # per round: the two calls were adjacent, so drift hits both
         results["after_over_before"] = {
-            body: {str(n): results["after"][body][str(n)]["overhead_us_per_item"]
-                   / results["before"][body][str(n)]["overhead_us_per_item"] for n in sizes}
-            for body in BODIES}
+            body: {str(n): median([_overhead(a) / _overhead(b) for a, b in zip(
+                calls["after"][body][n], calls["before"][body][n], strict=True)])
+                   for n in sizes} for body in BODIES}
     n = max(sizes)
     headlines = [Headline("overhead_per_item", f"µs per item outside the forward, {n} items, "
                           f"{body} ({name})", results[name][body][str(n)]["overhead_us_per_item"],
@@ -143,7 +143,8 @@ def _call(http: httpx.Client, target: tuple[str, int], run_id: str, body: str, n
     after = scrape(url)
     out = {"items": n, "total": total, "bytes": len(payload), "server_cpu": cpu,
            "forward": _sum(before, after, "r2m_backbone_duration_seconds"),
-           "module": _sum(before, after, "r2m_module_duration_seconds", phase="score")}
+           "module": _sum(before, after, "r2m_module_duration_seconds", phase="score"),
+           "batches": histogram_delta(before, after, "r2m_batch_size")["count"]}
     for phase in PHASES:
         out[phase] = _sum(before, after, "r2m_score_phase_seconds", phase=phase)
     return out
@@ -158,6 +159,11 @@ def _cpu_seconds(pid: int) -> float:
 
 def _sum(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return histogram_delta(before, after, name, **labels)["sum"]
+
+
+def _overhead(call: dict[str, float]) -> float:
+    """Seconds of a call outside the backbone forward."""
+    return call["total"] - call["forward"]
 
 
 def _summary(calls: list[dict[str, float]]) -> dict[str, Any]:
@@ -179,8 +185,9 @@ def _summary(calls: list[dict[str, float]]) -> dict[str, Any]:
                  "module": per_item("module"), "transport": median(transport) / n * 1e6}
     return {
         "items": n, "calls": len(calls), "body_bytes": calls[0]["bytes"],
+        "model_batches": median([c["batches"] for c in calls]),
         "total_us_per_item": per_item("total"), "forward_us_per_item": per_item("forward"),
-        "overhead_us_per_item": median([c["total"] - c["forward"] for c in calls]) / n * 1e6,
+        "overhead_us_per_item": median([_overhead(c) for c in calls]) / n * 1e6,
         # summed over the calls (the clock ticks are coarse); includes the forward's CPU
         "server_cpu_us_per_item": sum(c["server_cpu"] for c in calls) / (n * len(calls)) * 1e6,
         "split_us_per_item": split,

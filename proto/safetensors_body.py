@@ -15,7 +15,7 @@ import struct
 from collections.abc import Mapping, Sequence
 
 from r2m_proto.errors import ErrorCode, WireError
-from r2m_proto.tensors import DTYPES, SAFETENSORS_TO_DTYPE, TensorView, make_view, valid_shape
+from r2m_proto.tensors import DTYPES, SAFETENSORS_TO_DTYPE, TensorView, make_view
 
 _HEADER_LEN = struct.Struct("<Q")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -86,10 +86,10 @@ def _tensor_entry(name: str, entry: object, data: memoryview) -> TensorView:
         raise WireError(
             f"tensor {name!r}: unsupported dtype {code!r}; expected one of "
             f"{sorted(SAFETENSORS_TO_DTYPE)} (float32, float16, bfloat16)", f"tensors.{name}.dtype")
-    if not (isinstance(shape, list) and valid_shape(shape)):
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
         raise _malformed(f"tensor {name!r}: shape must be a list of non-negative integers")
     well_formed = (isinstance(offsets, list) and len(offsets) == 2
-                   and isinstance(offsets[0], int) and isinstance(offsets[1], int))
+                   and all(isinstance(o, int) for o in offsets))
     if not (well_formed and 0 <= offsets[0] <= offsets[1] <= len(data)):
         raise _malformed(f"tensor {name!r}: data_offsets {offsets!r} fall outside the "
                          f"{len(data)} data bytes")
