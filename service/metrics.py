@@ -42,7 +42,8 @@ class Metrics:
             "backbone: decode (read and parse the body into the schema), validate (hidden-state "
             "checks), tokenize (cache keys, cache lookups, tokenizer), queue (enqueued until its "
             "rewards are back: waiting plus its model batches) and response (encoding the "
-            "answer).", ["phase"], buckets=DURATION_BUCKETS, registry=r)
+            "answer). /get_reward's scores add to validate, tokenize and queue.", ["phase"],
+            buckets=DURATION_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
             "r2m_batch_tokens", "Padded tokens per backbone batch (the token budget's unit).",
             buckets=tuple(float(2**i) for i in range(4, 18)), registry=r)
