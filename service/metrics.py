@@ -116,9 +116,10 @@ class Metrics:
         Gauge("r2m_batch_token_budget", "Token budget of a score batch (learned from forward "
               "timings unless score_batch_tokens sets it).",
               registry=self.registry).set_function(sizer.budget)
-        Gauge("r2m_batch_overhead_seconds", "What a score batch costs outside its backbone "
-              "forwards (hand-offs, R2M modules, delivery; moving average): the fixed cost "
-              "that favours bigger batches.", registry=self.registry).set_function(
+        Gauge("r2m_batch_overhead_seconds", "What a score batch costs on the model thread "
+              "outside its backbone forwards (R2M modules, reward bookkeeping; moving "
+              "average): the fixed cost that favours bigger batches.",
+              registry=self.registry).set_function(
                   lambda: sizer.batch_overhead_s)
         self.registry.register(_RateCollector(sizer))
 
