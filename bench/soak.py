@@ -6,12 +6,14 @@ requests, paced at about 70% of the capacity measured first (closed loop), for N
 curve shows a leak as a slope. Goals (issue 13): 0 errors, RSS ≤ 5% above its value after the
 warm-up, p99 of the last window ≤ 1.2× the first.
 
-The server runs with glibc's arenas capped at two (`MALLOC_ARENA_MAX=2`: body buffers and tensors
-freed on several threads otherwise spread over up to 8 arenas per core, each keeping its own
-high-water mark) and a 16 MiB RTE cache, so that the cache, which fills up to its byte bound by
-design, is (nearly) full within the warm-up and the curve after it shows what is not bounded.
-tracemalloc over such a soak found the Python heap flat (+0.6 MB in two minutes, the RTE cache's
-keys): what RSS still gains is native (tensor storage, allocator fragmentation).
+The server runs with the allocator the image ships (`ALLOCATOR_ENV`: jemalloc, keeping freed
+pages for reuse; docs/deploy.md, "Memory") and a 16 MiB RTE cache, so that the cache, which fills
+up to its byte bound by design, is (nearly) full within the warm-up and the curve after it shows
+what is not bounded. tracemalloc over such a soak found the Python heap flat (+0.6 MB in two
+minutes, the RTE cache's keys); with glibc's malloc RSS still grew in steps (native: body buffers
+and tensors freed on several threads, fragmenting its arenas), with jemalloc it stays flat
+(docs/measurements.md, "Soak"). Without jemalloc installed the soak runs on glibc with two arenas
+and says so in its settings.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import torch
 
+from r2m_bench.allocator import ALLOCATOR_ENV
 from r2m_bench.common import Headline, TextSource, latency_stats, write_result
 from r2m_bench.servers import ServerPool
 from r2m_client import Group, R2MClient, R2MError
@@ -36,8 +39,7 @@ RUNS = 3
 CLIENTS = 6
 UPDATE_EVERY = 10
 LOAD_FRACTION = 0.7
-SOAK_ENV = {"MALLOC_ARENA_MAX": "2", "R2M_RTE_CACHE_BYTES": str(16 << 20),
-            "R2M_LOG_LEVEL": "warning"}
+SOAK_ENV = {**ALLOCATOR_ENV, "R2M_RTE_CACHE_BYTES": str(16 << 20), "R2M_LOG_LEVEL": "warning"}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import numpy as np
+import torch
 from fastapi import Request, Response
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
@@ -147,13 +148,14 @@ class AnswerTensors:
 
     def __init__(self, request: Request) -> None:
         self.binary = SAFETENSORS_MEDIA_TYPE in request.headers.get("accept", "").lower()
-        self._tensors: list[tuple[str, str, tuple[int, ...], memoryview]] = []
+        self._tensors: list[tuple[str, str, tuple[int, ...], bytes]] = []
 
-    def __call__(self, name: str, tensor: TensorView) -> WireTensor | str:
+    def __call__(self, name: str, vector: torch.Tensor) -> WireTensor | str:
+        data = vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
         if self.binary:
-            self._tensors.append((name, tensor.dtype, tensor.shape, tensor.data))
+            self._tensors.append((name, "float32", tuple(vector.shape), data))
             return name
-        return encode_wire_tensor(tensor.dtype, tensor.shape, tensor.data)
+        return encode_wire_tensor("float32", tuple(vector.shape), data)
 
     def response(self, answer: BaseModel) -> Response:
         payload = answer.model_dump_json(exclude_none=True)
