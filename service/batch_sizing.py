@@ -9,10 +9,14 @@ newcomer wait 16× longer; on a GPU throughput keeps growing with the batch, and
   short texts are sized alike and cached items, which cost no forward, never count.
 - Rule: candidate budgets are powers of two from 16 tokens up to `max_batch_tokens`. Each keeps a
   moving average of the tokens/s of the forwards nearest its size (in log scale). A batch also
-  costs a fixed amount outside the forward (thread hand-offs, the R2M modules, delivering the
-  rewards), measured per score batch as its whole cycle minus its forwards; it weighs most on a
-  fast backbone. The budget is the smallest candidate whose rate with that fixed cost added is
-  within `tolerance` of the best: the smallest batch past which throughput stops growing.
+  costs a fixed amount on the model thread outside its forward (the R2M modules, reward
+  bookkeeping), measured on every score batch; it weighs most on a fast backbone. The budget is
+  the smallest candidate whose rate with that fixed cost added is within `tolerance` of the
+  best: the smallest batch past which throughput stops growing.
+- Thread hand-offs between batches are not counted: timed as a batch's whole cycle less its
+  forwards, on a busy 2-core host they were mostly waits for other requests' work on the event
+  loop, and counting them grew the learned budget from 512 to 2048 tokens and a small request's
+  wait from 0.24 to 0.7 s (docs/measurements.md).
 - Where the timings come from: a short probe at start-up (batches of 1, 2, 4 … copies of one
   synthetic pair, until throughput stops growing) and then every forward served (scores and
   updates). Every `EXPLORE_EVERY`-th batch gets twice, or half, the budget, so the neighbours of
@@ -44,10 +48,8 @@ class BatchSizer:
         self.fixed = None if fixed is None else min(fixed, max_tokens)
         self.candidates = _candidates(max_tokens)
         self.rates: dict[int, float] = {}  # candidate budget → tokens/s (moving average)
-        self.batch_overhead_s = 0.0  # seconds a score batch costs outside its forwards
+        self.batch_overhead_s = 0.0  # model-thread seconds of a score batch outside forwards
         self._batches = 0
-        self._batch_started: float | None = None
-        self._forward_s = 0.0  # forward seconds since the batch in flight started
 
     @property
     def learned(self) -> bool:
@@ -57,24 +59,13 @@ class BatchSizer:
         """Fold one forward's cost into the nearest candidate's rate."""
         if not self.learned or seconds <= 0 or padded_tokens <= 0:
             return
-        self._forward_s += seconds
         candidate = self._nearest(padded_tokens)
         self.rates[candidate] = _moving(self.rates.get(candidate), padded_tokens / seconds)
 
-    def batch_started(self) -> None:
-        """A score batch left the queue: its cycle starts."""
-        self._batch_started, self._forward_s = time.perf_counter(), 0.0
-
-    def batch_finished(self) -> None:
-        """The batch's rewards are delivered: what it cost besides its forwards is the fixed
-        cost of a batch. (An update that ran on the model thread in between inflates one
-        sample; the moving average absorbs it.)"""
-        if not self.learned or self._batch_started is None:
-            return
-        cycle = time.perf_counter() - self._batch_started
-        self._batch_started = None
-        self.batch_overhead_s = _moving(self.batch_overhead_s or None,
-                                        max(0.0, cycle - self._forward_s))
+    def observe_overhead(self, seconds: float) -> None:
+        """Fold in what one score batch cost on the model thread besides its forwards."""
+        if self.learned:
+            self.batch_overhead_s = _moving(self.batch_overhead_s or None, seconds)
 
     def effective_rates(self) -> dict[int, float]:
         """Tokens/s per candidate with the fixed cost of a batch added."""

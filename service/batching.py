@@ -106,8 +106,6 @@ class ScoreQueue:
 
     async def next_batch(self) -> list[BatchItem]:
         """The next batch; calling it says the previous one has finished."""
-        if self._in_flight:
-            self.sizer.batch_finished()
         self._in_flight = 0
         while not self._jobs:
             self._wakeup.clear()
@@ -144,6 +142,5 @@ class ScoreQueue:
             job.items_ahead += len(items) - per_job[job]
         self._queued_items -= len(items)
         self._in_flight = len(items)
-        self.sizer.batch_started()
         self._jobs = [j for j in self._jobs if j.unbatched]
         return items

@@ -196,6 +196,7 @@ class Engine:
                 observe_scores(job.run, [items[p] for p in positions], rewards[positions],
                                self.metrics)
         module_seconds = self.observe_module("score", started)
+        self.sizer.observe_overhead(module_seconds)
         self.metrics.batch_size.observe(len(items))
         if backbone_seconds > 0:
             self.metrics.module_overhead.observe(module_seconds / backbone_seconds)

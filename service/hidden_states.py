@@ -102,7 +102,8 @@ def _first_non_finite(tensors: list[tuple[torch.Tensor, str, str]]
     Same-rank tensors are concatenated into groups of up to `_FINITE_CHECK_BYTES` and each group
     is checked with one reduction: every torch call releases and retakes the GIL, and with the
     model thread busy in Python that round trip cost ~60 µs per item, far more than the check
-    itself (bench/RESULTS.md#overhead-per-item). A group that fails is searched item by item.
+    itself (bench/RESULTS.md#overhead-per-item-issue-11). A group that fails is searched item
+    by item.
     """
     start = 0
     while start < len(tensors):

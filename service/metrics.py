@@ -42,7 +42,8 @@ class Metrics:
             "backbone: decode (read and parse the body into the schema), validate (hidden-state "
             "checks), tokenize (cache keys, cache lookups, tokenizer), queue (enqueued until its "
             "rewards are back: waiting plus its model batches) and response (encoding the "
-            "answer).", ["phase"], buckets=DURATION_BUCKETS, registry=r)
+            "answer). /get_reward's scores add to validate, tokenize and queue.", ["phase"],
+            buckets=DURATION_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
             "r2m_batch_tokens", "Padded tokens per backbone batch (the token budget's unit).",
             buckets=tuple(float(2**i) for i in range(4, 18)), registry=r)
@@ -115,9 +116,10 @@ class Metrics:
         Gauge("r2m_batch_token_budget", "Token budget of a score batch (learned from forward "
               "timings unless score_batch_tokens sets it).",
               registry=self.registry).set_function(sizer.budget)
-        Gauge("r2m_batch_overhead_seconds", "What a score batch costs outside its backbone "
-              "forwards (hand-offs, R2M modules, delivery; moving average): the fixed cost "
-              "that favours bigger batches.", registry=self.registry).set_function(
+        Gauge("r2m_batch_overhead_seconds", "What a score batch costs on the model thread "
+              "outside its backbone forwards (R2M modules, reward bookkeeping; moving "
+              "average): the fixed cost that favours bigger batches.",
+              registry=self.registry).set_function(
                   lambda: sizer.batch_overhead_s)
         self.registry.register(_RateCollector(sizer))
 

@@ -72,7 +72,7 @@ class R2MModule(nn.Module):
         float32 copy of every byte — for long hidden states that copy costs more than the
         attention itself. **[choice]** A CPU batch whose padded copy is at most
         `CPU_PADDED_BYTES` is padded too: there the copy is cheaper than the five torch calls
-        per item of the ragged path (bench/RESULTS.md#overhead-per-item).
+        per item of the ragged path (bench/RESULTS.md#overhead-per-item-issue-11).
         """
         if rte.device.type == "cuda" or padded_bytes(hidden) <= CPU_PADDED_BYTES:
             padded, mask = pad_hidden_states(hidden, rte.device, self.q_proj.weight.dtype)

@@ -38,8 +38,8 @@ from r2m_service.samples import Sample, UpdateBatch, prepare, stack_rtes
 from r2m_service.text_format import TextPair
 
 Tensors = dict[str, TensorView] | None
-# How an answer carries a vector: (field name, float32 vector) → inline or named (`AnswerTensors`)
-VectorSink = Callable[[str, torch.Tensor], WireTensor | str]
+# How an answer carries a vector: (field name, vector) → inline or named (http's `AnswerTensors`)
+VectorSink = Callable[[str, TensorView], WireTensor | str]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,9 @@ class SplitPhases:
             step, omega_t = run.step_and_omega(request.step)
             queries = await engine.on_model(self._queries, run, samples)
             version = run.version
-        return SplitQueryResponse(version=version, step=step, omega=omega_t,
-                                  queries=[sink(f"queries.{i}", u) for i, u in enumerate(queries)])
+        return SplitQueryResponse(
+            version=version, step=step, omega=omega_t,
+            queries=[sink(f"queries.{i}", _view(u)) for i, u in enumerate(queries)])
 
     async def score(self, request: SplitScoreRequest, tensors: Tensors) -> SplitScoreResponse:
         engine = self._engine
@@ -94,7 +95,7 @@ class SplitPhases:
                                   work.contexts) if work.inline else None)
         return SplitGradientResponse(
             version=request.version, loss=loss, context_token=token,
-            context_grads=[sink(f"context_grads.{i}", g) for i, g in enumerate(grads)])
+            context_grads=[sink(f"context_grads.{i}", _view(g)) for i, g in enumerate(grads)])
 
     async def update(self, request: SplitUpdateRequest, tensors: Tensors,
                      idempotency_key: str | None) -> UpdateResponse:
@@ -267,3 +268,10 @@ class _HeldContexts:
                                "of another sample (prompt, response)", f"{field}.index")
         self._resolved += 1
         return entry.contexts[ref.index]
+
+
+def _view(vector: torch.Tensor) -> TensorView:
+    """A CPU float32 vector (as the model thread returns them) as the wire's view over its own
+    memory: no copy before the answer is encoded."""
+    array = vector.contiguous().numpy()
+    return TensorView("float32", array.shape, memoryview(array).cast("B"))

@@ -72,11 +72,11 @@ class TextFormatter:
     def _backend_batch(self, backend: Tokenizer, inputs: list[Any], *,
                        pairs: bool) -> list[Any]:
         """What transformers' `__call__` runs inside (the same ids), without building a dict
-        of lists per item (attention masks, never read): about half the tokenizing time per
-        item (bench/RESULTS.md#overhead-per-item). Pairs get special tokens and lose prompt
-        tokens past max length (`only_first`); rendered chats (the template wrote the special
-        tokens) get neither. Set per batch, as transformers does, because
-        its own calls (`_check_response_fits`, `decode`) leave their settings behind."""
+        of lists per item (attention masks, never read): ~15% less tokenizing time
+        (bench/RESULTS.md#overhead-per-item-issue-11). Pairs get special tokens and lose
+        prompt tokens past max length (`only_first`); rendered chats (the template wrote the
+        special tokens) get neither. Set per batch, as transformers does, because its own calls
+        (`_check_response_fits`, `decode`) leave their settings behind."""
         backend.encode_special_tokens = bool(getattr(self.tokenizer, "split_special_tokens",
                                                      False))
         if pairs:

@@ -25,8 +25,7 @@ from r2m_proto import SAFETENSORS_MEDIA_TYPE, ScoreResponse, UpdateResponse, dec
 from r2m_service.r2m_module import TRAINABLE_TENSORS
 from tests.conftest import Server, start_server
 from tests.helpers import D_P, PROMPTS, RESPONSES, hidden, wire
-from tests.redis_server import RedisServer
-from tests.test_redis_state import redis_server  # noqa: F401 - the module's Redis fixture
+from tests.redis_server import start_redis
 
 LENGTHS = [5, 1, 17, 3]
 
@@ -124,6 +123,12 @@ def _vector(values: torch.Tensor) -> dict[str, object]:
         0, {"token": body["score_token"], "index": 1}), 422, "groups[0].contexts[0].index"),
     ("update", lambda body: body["groups"][0]["contexts"].__setitem__(
         0, {"token": "bad token!", "index": 0}), 422, "groups[0].contexts[0]"),
+    ("gradient", lambda body: body["groups"][0]["contexts"].__setitem__(  # another run's token
+        0, {"token": body["foreign_token"], "index": 0}), 409, "groups[0].contexts[0].token"),
+    ("update", lambda body: body.update(version=0, groups=[{  # a token of version 1 at version 0
+        **body["groups"][0], "contexts": [{"token": body["score_token"], "index": 0},
+                                          *body["groups"][0]["contexts"][1:]]}]),
+     409, "groups[0].contexts[0].token"),
 ])
 def test_bad_phase_inputs_are_refused_and_change_nothing(
         http: httpx.Client, route: str, mutate: object, status: int, field: str) -> None:
@@ -135,10 +140,15 @@ def test_bad_phase_inputs_are_refused_and_change_nothing(
     items = [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     query = http.post("/v1/split/query", json={"run_id": run_id, "items": items}).json()
     contexts = [_vector(torch.randn(D_P)) for _ in items]
-    score_token = http.post("/v1/split/score", json={  # holds items' contexts, in their order
-        "run_id": run_id, "version": query["version"],
-        "items": [{**item, "context": c} for item, c in zip(items, contexts, strict=True)]}
-                            ).json()["context_token"]
+    tokens = {}
+    for name, run in (("score_token", run_id), ("foreign_token", http.post("/v1/runs", json={
+            "policy_hidden_size": D_P, "total_steps": 10}).json()["run_id"])):
+        version = http.post("/v1/split/query", json={"run_id": run, "items": items}).json()[
+            "version"]
+        tokens[name] = http.post("/v1/split/score", json={  # items' contexts, in their order
+            "run_id": run, "version": version, "items": [
+                {**item, "context": c} for item, c in zip(items, contexts, strict=True)]}
+                                 ).json()["context_token"]
     if route == "score":
         body = {"run_id": run_id, "version": query["version"],
                 "items": [{**item, "context": c} for item, c in zip(items, contexts, strict=True)]}
@@ -147,9 +157,10 @@ def test_bad_phase_inputs_are_refused_and_change_nothing(
             "prompt": PROMPTS[0], "responses": RESPONSES, "contexts": contexts}]}
         if route == "update":
             body["query_grads"] = [_vector(torch.randn(D_P)) for _ in items]
-    body["score_token"] = score_token
+    body.update(tokens)
     mutate(body)  # type: ignore[operator]
-    del body["score_token"]
+    for name in tokens:
+        del body[name]
     before = http.get(f"/v1/runs/{run_id}").json()
     answer = http.post(f"/v1/split/{route}", json=body)
     assert answer.status_code == status, answer.text
@@ -244,13 +255,16 @@ TOKEN_TTL_S = 8
 
 
 @pytest.fixture(scope="module")
-def replicas(redis_server: RedisServer, server_logs: Path) -> Iterator[tuple[Server, Server]]:
-    env = {"R2M_REDIS_URL": redis_server.url, "R2M_REDIS_PREFIX": f"s-{uuid.uuid4().hex[:8]}",
+def replicas(tmp_path_factory: pytest.TempPathFactory,
+             server_logs: Path) -> Iterator[tuple[Server, Server]]:
+    redis = start_redis(tmp_path_factory.mktemp("redis"))
+    env = {"R2M_REDIS_URL": redis.url, "R2M_REDIS_PREFIX": f"s-{uuid.uuid4().hex[:8]}",
            "R2M_SPLIT_CONTEXT_TTL_S": str(TOKEN_TTL_S)}
     a, b = start_server(server_logs, env=env), start_server(server_logs, env=env)
     yield a, b
     a.stop()
     b.stop()
+    redis.stop()
 
 
 def _score_on(url: str, run_id: str, cache: QueryCache, group: Group,

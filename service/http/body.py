@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import numpy as np
-import torch
 from fastapi import Request, Response
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
@@ -148,14 +147,13 @@ class AnswerTensors:
 
     def __init__(self, request: Request) -> None:
         self.binary = SAFETENSORS_MEDIA_TYPE in request.headers.get("accept", "").lower()
-        self._tensors: list[tuple[str, str, tuple[int, ...], bytes]] = []
+        self._tensors: list[tuple[str, str, tuple[int, ...], memoryview]] = []
 
-    def __call__(self, name: str, vector: torch.Tensor) -> WireTensor | str:
-        data = vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    def __call__(self, name: str, tensor: TensorView) -> WireTensor | str:
         if self.binary:
-            self._tensors.append((name, "float32", tuple(vector.shape), data))
+            self._tensors.append((name, tensor.dtype, tensor.shape, tensor.data))
             return name
-        return encode_wire_tensor("float32", tuple(vector.shape), data)
+        return encode_wire_tensor(tensor.dtype, tensor.shape, tensor.data)
 
     def response(self, answer: BaseModel) -> Response:
         payload = answer.model_dump_json(exclude_none=True)
