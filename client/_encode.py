@@ -29,9 +29,9 @@ from r2m_proto import (
     UpdatePair,
     UpdateRequest,
     WireTensor,
-    encode_safetensors,
 )
-from r2m_proto.tensors import TensorView, encode_wire_tensor
+from r2m_proto.tensor_sink import TensorSink
+from r2m_proto.tensors import TensorView
 
 # httpx sends one big `bytes` body in quadratic time (after each partial send it re-slices what is
 # left, a copy); an iterator of 1 MiB views with an explicit Content-Length keeps it linear.
@@ -69,26 +69,16 @@ class Body:
             yield piece
 
 
-class _TensorSink:
+class _TensorSink(TensorSink):
     """Turns each hidden-state tensor into its request field while a request is built: a name
     (binary body, tensor kept for the safetensors part) or an inline base64 `WireTensor`."""
-
-    def __init__(self, binary: bool) -> None:
-        self.binary = binary
-        self.tensors: list[tuple[str, str, tuple[int, ...], memoryview]] = []
-
-    def field(self, name: str, array: TensorView) -> WireTensor | str:
-        if self.binary:
-            self.tensors.append((name, array.dtype, array.shape, array.data))
-            return name
-        return encode_wire_tensor(array.dtype, array.shape, array.data)
 
     def body(self, request: BaseModel) -> Body:
         """The request as a body; a request without tensors is always plain JSON."""
         payload = request.model_dump_json(exclude_none=True)
         if not self.tensors:
             return json_body(payload)
-        buffers = encode_safetensors(self.tensors, metadata={SAFETENSORS_REQUEST_KEY: payload})
+        buffers = self.safetensors(payload, SAFETENSORS_REQUEST_KEY)
         return Body(SAFETENSORS_MEDIA_TYPE, tuple(memoryview(buf) for buf in buffers))
 
 

@@ -25,8 +25,9 @@ from r2m_proto.media import (
     SAFETENSORS_REQUEST_KEY,
     SAFETENSORS_RESPONSE_KEY,
 )
-from r2m_proto.safetensors_body import decode_safetensors, encode_safetensors
-from r2m_proto.tensors import TensorView, WireTensor, encode_wire_tensor
+from r2m_proto.safetensors_body import decode_safetensors
+from r2m_proto.tensor_sink import TensorSink
+from r2m_proto.tensors import TensorView
 from r2m_service.http.disconnect import ClientDisconnected
 
 M = TypeVar("M", bound=BaseModel)
@@ -139,25 +140,18 @@ async def read_checkpoint(request: Request, limit: int) -> dict[str, TensorView]
     return tensors
 
 
-class AnswerTensors:
+class AnswerTensors(TensorSink):
     """The vectors of one answer: named tensors of a safetensors answer (`__metadata__.response`
     holds the answer JSON) when the request's Accept names the safetensors media type, else
     inline base64 in a JSON answer (the default: any HTTP client reads it). Binary saves the
     base64's third and the JSON's float formatting; split mode's client asks for it."""
 
     def __init__(self, request: Request) -> None:
-        self.binary = SAFETENSORS_MEDIA_TYPE in request.headers.get("accept", "").lower()
-        self._tensors: list[tuple[str, str, tuple[int, ...], memoryview]] = []
-
-    def __call__(self, name: str, tensor: TensorView) -> WireTensor | str:
-        if self.binary:
-            self._tensors.append((name, tensor.dtype, tensor.shape, tensor.data))
-            return name
-        return encode_wire_tensor(tensor.dtype, tensor.shape, tensor.data)
+        super().__init__(SAFETENSORS_MEDIA_TYPE in request.headers.get("accept", "").lower())
 
     def response(self, answer: BaseModel) -> Response:
         payload = answer.model_dump_json(exclude_none=True)
         if not self.binary:
             return Response(payload, media_type=JSON_MEDIA_TYPE)
-        parts = encode_safetensors(self._tensors, {SAFETENSORS_RESPONSE_KEY: payload})
+        parts = self.safetensors(payload, SAFETENSORS_RESPONSE_KEY)
         return Response(b"".join(parts), media_type=SAFETENSORS_MEDIA_TYPE)

@@ -52,7 +52,7 @@ async def query(request: Request, body: SplitQueryRequest, engine: EngineDep,
     """Phase 1 of a score or an update: u = W_kᵀ q / √d per item, and the run's version."""
     check_count(len(body.items), settings.max_items, "items")
     sink = AnswerTensors(request)
-    return sink.response(await SplitPhases(engine).query(body, sink))
+    return sink.response(await SplitPhases(engine).query(body, sink.field))
 
 
 @router.post("/score", openapi_extra=tensor_body(SplitScoreRequest),
@@ -77,7 +77,7 @@ async def gradient(request: Request, engine: EngineDep, settings: SettingsDep,
                                     "/v1/split/gradient")
     check_update_count(body, settings.max_items)
     sink = AnswerTensors(request)
-    return sink.response(await SplitPhases(engine).gradient(body, tensors, sink))
+    return sink.response(await SplitPhases(engine).gradient(body, tensors, sink.field))
 
 
 @router.post("/update", openapi_extra=tensor_body(SplitUpdateRequest),
