@@ -12,7 +12,8 @@ tokenizing, queue, module and response. Per request:
   thread's bookkeeping), module, response; `transport` is the client's total less all of them
   and the forward (HTTP, the event loop, the client's own request building is outside);
 - the server process's CPU seconds per item (user + system, all threads, forward included):
-  wall time on a shared two-core machine stretches with everyone's load, CPU time far less.
+  wall time on a shared two-core machine stretches with everyone's load, CPU time far less;
+- the tokenizer alone on the same kind of pairs, in this process: the floor under any of it.
 
 Bodies: JSON without hidden states, and with hidden states as JSON (base64) and as binary
 (safetensors). Every call uses new texts (cold RTE cache). With `baseline` (a directory holding
@@ -43,7 +44,7 @@ HIDDEN_TOKENS = 16
 BODIES = ("json", "json_hidden", "binary_hidden")
 PHASES = ("decode", "validate", "tokenize", "queue", "response")
 HEADLINE_ITEMS = 1000
-# Short texts (26 tokens a pair with the MiniLM tokenizer): the fixed cost per item is the
+# Short texts (26–28 tokens a pair with the MiniLM tokenizer): the fixed cost per item is the
 # question; the tokenizer's share grows with the tokens.
 PROMPT_WORDS, RESPONSE_WORDS = 4, 4
 
@@ -94,6 +95,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
                 calls["after"][body][n], calls["before"][body][n], strict=True)])
                    for n in sizes} for body in BODIES}
     n = max(sizes)
+    results["tokenizer_floor"] = _tokenizer_floor(backbone, n, repeat)
     headlines = [Headline("overhead_per_item", f"µs per item outside the forward, {n} items, "
                           f"{body} ({name})", results[name][body][str(n)]["overhead_us_per_item"],
                           "µs", TARGET_US if name == "after" and not quick else None,
@@ -101,6 +103,26 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, pool: ServerPool | Non
                  for name in servers for body in BODIES]
     path = write_result("overhead_per_item", settings, results, out_dir, headlines)
     return {"path": str(path), "headlines": headlines, **results}
+
+
+def _tokenizer_floor(backbone: str, n: int, repeat: int) -> dict[str, float]:
+    """The tokenizer alone, in this process: the service's own `TextFormatter` on `n` pairs
+    like the calls', median wall and CPU µs per pair. No server can go below it per item."""
+    from transformers import AutoTokenizer
+
+    from r2m_service.text_format import TextFormatter, TextPair
+
+    formatter = TextFormatter(AutoTokenizer.from_pretrained(backbone), NEARLY_FREE.max_length)
+    texts = TextSource("opi", prompt_words=PROMPT_WORDS, response_words=RESPONSE_WORDS)
+    walls, cpus = [], []
+    for _ in range(repeat + 1):  # the first pass warms up
+        pairs = [TextPair(*texts.pair(), "items") for _ in range(n)]
+        started, cpu = time.perf_counter(), time.process_time()
+        encoded = formatter.encode(pairs)
+        walls.append((time.perf_counter() - started) / n * 1e6)
+        cpus.append((time.process_time() - cpu) / n * 1e6)
+    return {"pairs": n, "tokens_per_pair": median([len(e.input_ids) for e in encoded]),
+            "wall_us_per_pair": median(walls[1:]), "cpu_us_per_pair": median(cpus[1:])}
 
 
 def _importable(checkout: Path) -> Path:
