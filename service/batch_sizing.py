@@ -7,10 +7,13 @@ newcomer wait 16× longer; on a GPU throughput keeps growing with the batch, and
 
 - Cost unit: padded tokens (longest × count), the queue's own token budget (TEI's), so long and
   short texts are sized alike and cached items, which cost no forward, never count.
-- Rule: candidate budgets are powers of two from 16 tokens up to `max_batch_tokens`. Each keeps a
-  moving average of the tokens/s of the forwards nearest its size (in log scale). A batch also
-  costs a fixed amount on the model thread outside its forward (the R2M modules, reward
-  bookkeeping), measured on every score batch; it weighs most on a fast backbone. The budget is
+- Rule: candidate budgets are powers of two from 16 tokens up to `max_batch_tokens`. Each keeps
+  the tokens/s of its `RECENT` latest forwards (those nearest its size in log scale) and counts
+  the fastest: a neighbour's load or a GIL wait only ever slows a forward down, so the fastest
+  recent one is the batch's own cost (a moving average let contended small batches look slow
+  and the budget drift to 2048 tokens on a busy host). A batch also costs a fixed amount on the
+  model thread outside its forward (the R2M modules, reward bookkeeping), measured on every score
+  batch (the least of the recent ones); it weighs most on a fast backbone. The budget is
   the smallest candidate whose rate with that fixed cost added is within `tolerance` of the
   best: the smallest batch past which throughput stops growing.
 - Thread hand-offs between batches are not counted: timed as a batch's whole cycle less its
@@ -28,13 +31,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 
 from r2m_service.backbone import Backbone
 from r2m_service.text_format import TextPair
 
 MIN_BUDGET = 16
 EXPLORE_EVERY = 16  # batches between two exploring ones (alternately 2× and ½× the budget)
-SMOOTHING = 0.25  # weight of a new forward in its candidate's moving average
+RECENT = 32  # forwards (and batch overheads) remembered per candidate
 PROBE_WORDS = 12  # words per side of the probe's pair: about 32 tokens for MiniLM's tokenizer
 PROBE_SECONDS = 3.0  # the probe stops growing its batches past this much forward time
 
@@ -47,8 +51,8 @@ class BatchSizer:
         self.tolerance = tolerance
         self.fixed = None if fixed is None else min(fixed, max_tokens)
         self.candidates = _candidates(max_tokens)
-        self.rates: dict[int, float] = {}  # candidate budget → tokens/s (moving average)
-        self.batch_overhead_s = 0.0  # model-thread seconds of a score batch outside forwards
+        self._rates: dict[int, deque[float]] = {}  # candidate budget → recent tokens/s
+        self._overheads: deque[float] = deque(maxlen=RECENT)  # model-thread s per batch
         self._batches = 0
 
     @property
@@ -56,16 +60,27 @@ class BatchSizer:
         return self.fixed is None
 
     def observe(self, padded_tokens: int, seconds: float) -> None:
-        """Fold one forward's cost into the nearest candidate's rate."""
+        """Remember one forward's tokens/s for the nearest candidate."""
         if not self.learned or seconds <= 0 or padded_tokens <= 0:
             return
         candidate = self._nearest(padded_tokens)
-        self.rates[candidate] = _moving(self.rates.get(candidate), padded_tokens / seconds)
+        self._rates.setdefault(candidate, deque(maxlen=RECENT)).append(
+            padded_tokens / seconds)
 
     def observe_overhead(self, seconds: float) -> None:
         """Fold in what one score batch cost on the model thread besides its forwards."""
         if self.learned:
-            self.batch_overhead_s = _moving(self.batch_overhead_s or None, seconds)
+            self._overheads.append(seconds)
+
+    @property
+    def rates(self) -> dict[int, float]:
+        """Tokens/s per measured candidate: its fastest recent forward."""
+        return {c: max(recent) for c, recent in self._rates.items()}
+
+    @property
+    def batch_overhead_s(self) -> float:
+        """Model-thread seconds of a score batch outside its forwards: the least recent one."""
+        return min(self._overheads, default=0.0)
 
     def effective_rates(self) -> dict[int, float]:
         """Tokens/s per candidate with the fixed cost of a batch added."""
@@ -119,10 +134,6 @@ class BatchSizer:
             if spent > PROBE_SECONDS:
                 break
             n *= 2
-
-
-def _moving(old: float | None, new: float) -> float:
-    return new if old is None else old + SMOOTHING * (new - old)
 
 
 def _candidates(max_tokens: int) -> list[int]:

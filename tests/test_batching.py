@@ -14,7 +14,7 @@ import pytest
 
 from r2m_client import AsyncR2MClient, R2MClient
 from r2m_service.backbone import Backbone
-from r2m_service.batch_sizing import EXPLORE_EVERY, BatchSizer
+from r2m_service.batch_sizing import EXPLORE_EVERY, RECENT, BatchSizer
 from r2m_service.batching import ScoreJob, ScoreQueue
 from r2m_service.samples import Sample
 from r2m_service.text_format import Encoded, TextPair
@@ -215,31 +215,36 @@ def test_budget_is_the_smallest_within_the_tolerance_of_the_best_rate() -> None:
 
 def test_a_fixed_cost_per_batch_favours_bigger_batches() -> None:
     sizer = fed(CPU_RATES)
-    sizer.batch_overhead_s = 0.05  # 50 ms per batch outside the forward
+    sizer.observe_overhead(0.05)  # 50 ms per batch outside the forward
     # tokens/s with it: 128 → 1239, 256 → 1680, 512 → 2041, 1024 → 2188 (best)
     assert sizer.budget() == 512
-    sizer.observe_overhead(0.01)
-    assert sizer.batch_overhead_s == pytest.approx(0.05 + 0.25 * (0.01 - 0.05))
+    sizer.observe_overhead(0.2)  # a batch slowed by its neighbours: the least one counts
+    assert sizer.batch_overhead_s == 0.05
     fixed = BatchSizer(16384, 0.1, fixed=64)
     fixed.observe_overhead(1.0)
     assert fixed.batch_overhead_s == 0.0  # a set budget learns nothing
 
 
-def test_forwards_count_for_the_nearest_candidate_in_a_moving_average() -> None:
+def test_the_fastest_recent_forward_counts_for_the_nearest_candidate() -> None:
     sizer = BatchSizer(16384, 0.1)
     sizer.observe(200, 0.1)  # log2(200) = 7.6: nearest 256
     sizer.observe(180, 0.1)  # 7.5: nearest 128
     assert sizer.rates == {256: pytest.approx(2000.0), 128: pytest.approx(1800.0)}
-    sizer.observe(256, 256 / 1000)
-    assert sizer.rates[256] == pytest.approx(2000 + 0.25 * (1000 - 2000))
+    sizer.observe(256, 256 / 1000)  # slowed by a neighbour: the faster one still counts
+    assert sizer.rates[256] == pytest.approx(2000.0)
+    for _ in range(RECENT):  # until it is no longer recent
+        sizer.observe(256, 256 / 1000)
+    assert sizer.rates[256] == pytest.approx(1000.0)
     assert sizer.candidates[0] == 16 and sizer.candidates[-1] == 16384
     assert BatchSizer(999, 0.1).candidates[-2:] == [512, 999]
 
 
 def test_the_budget_follows_the_timings_while_serving() -> None:
     sizer = fed(CPU_RATES)
-    for _ in range(12):  # the machine changed: 256-token forwards now run twice as fast
-        sizer.observe(256, 256 / 5000)
+    for _ in range(RECENT - 1):  # contention slows the small batches: the choice holds
+        sizer.observe(128, 128 / 500)
+    assert sizer.budget() == 128
+    sizer.observe(256, 256 / 5000)  # the machine changed: 256-token forwards run twice as fast
     assert sizer.budget() == 256
 
 
