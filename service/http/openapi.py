@@ -30,8 +30,9 @@ ERROR_STATUSES: dict[int, str] = {
     401: "unauthorized: no API key, or an unknown one (when keys are configured)",
     403: "forbidden: the key lacks this route's scope",
     404: "run_not_found: no run with this id",
-    409: "version_conflict (`min_version` not reached in time) or run_exists (a chosen run id "
-         "taken with other settings)",
+    409: "version_conflict (`min_version` not reached in time, or a split-mode phase's "
+         "`version` is no longer the run's), run_exists (a chosen run id taken with other "
+         "settings) or context_token_stale (a split-mode context token unknown or expired)",
     413: "payload_too_large: the body exceeds max_body_bytes, or more items than max_items",
     415: "unsupported_media_type: a Content-Type this route does not read",
     422: "invalid_request: a field is invalid or beyond a server limit (the message names "
@@ -113,15 +114,16 @@ def _document_errors(path: str, method: str, operation: dict[str, Any],
         statuses.add(422)
     if "requestBody" in operation or method in ("post", "put"):  # a body, declared or not
         statuses |= {400, 413, 415}
+    properties = (body or {}).get("properties", {})
     names_run = ("{run_id}" in path or "run_id" in (body or {}).get("required", [])
                  or any(p.get("name") == "run_id" for p in operation.get("parameters", [])))
     if names_run:
         statuses.add(404)
-    if names_run or "run_id" in (body or {}).get("properties", {}):
+    if names_run or "run_id" in properties:
         statuses.add(429)  # a run to load (or create) may not fit the server's run limits
-    if "min_version" in (body or {}).get("properties", {}) or (
+    if "min_version" in properties or "version" in properties or (
             body is not None and "run_id" not in body.get("required", [])
-            and "run_id" in body.get("properties", {})):
+            and "run_id" in properties):
         statuses.add(409)
     responses = operation.setdefault("responses", {})
     for status in sorted(statuses):
