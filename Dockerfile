@@ -58,10 +58,12 @@ LABEL org.opencontainers.image.title="r2m" \
 # jemalloc replaces glibc's malloc (docs/deploy.md, "Memory"): it keeps freed request buffers
 # mapped for reuse (no fresh 64 MiB page-faulted per request, which glibc's tunables once did at
 # the price of RSS growing in steps over hours) and stays flat under sustained load.
+# Unpinned on purpose: BASE_IMAGE may be any Debian release, and each has its own jemalloc build.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libjemalloc2 \
  && rm -rf /var/lib/apt/lists/* \
- && ln -s "$(find /usr/lib -name libjemalloc.so.2 | head -n 1)" /usr/local/lib/libjemalloc.so.2
+ && ln -s "$(find /usr/lib -name libjemalloc.so.2 -print -quit)" /usr/local/lib/libjemalloc.so.2
 RUN groupadd --system --gid 10001 r2m \
  && useradd --system --uid 10001 --gid r2m --create-home --home-dir /home/r2m r2m
 COPY --from=build /opt/venv /opt/venv
