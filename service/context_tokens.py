@@ -26,6 +26,7 @@ import torch
 from redis.exceptions import RedisError
 
 from r2m_proto.safetensors_body import decode_safetensors, encode_safetensors
+from r2m_service.hidden_states import to_torch
 from r2m_service.rte_cache import rte_key
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,9 @@ class ContextEntry:
 
     @classmethod
     def decode(cls, raw: bytes) -> ContextEntry:
-        meta, tensors = decode_safetensors(bytearray(raw))
-        view = tensors["contexts"]
-        contexts = torch.frombuffer(bytearray(view.data), dtype=torch.float32).view(view.shape)
+        meta, tensors = decode_safetensors(bytearray(raw))  # the one copy: a writable buffer
         return cls(meta["run_id"], int(meta["version"]), tuple(json.loads(meta["samples"])),
-                   contexts)
+                   to_torch(tensors["contexts"]))
 
 
 class ContextTokens:
