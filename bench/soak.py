@@ -2,9 +2,11 @@
 
 Several runs and clients send 1–8-item scores with hidden states, and an update every ~10
 requests, paced at about 70% of the capacity measured first (closed loop), for N minutes (quick:
-1). Every window reports p50/p99 latency, errors, the server's RSS and Redis's memory, so the
-curve shows a leak as a slope. Goals (issue 13): 0 errors, RSS ≤ 5% above its value after the
-warm-up, p99 of the last window ≤ 1.2× the first.
+1). Every window reports p50/p99 latency, errors, the server's RSS, its allocator's bytes
+(`r2m_allocator_bytes`: live bytes, and what the allocator holds) and Redis's memory, so the
+curve shows a leak as a slope, and whether live bytes grew or only what the allocator keeps.
+Goals (issue 13): 0 errors, RSS ≤ 5% above its value after the warm-up, p99 of the last window
+≤ 1.2× the first.
 
 The server runs with the allocator the image ships (`ALLOCATOR_ENV`: jemalloc, keeping freed
 pages for reuse; docs/deploy.md, "Memory") and a 16 MiB RTE cache, so that the cache, which fills
@@ -27,6 +29,7 @@ from typing import Any
 
 import httpx
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from r2m_bench.allocator import ALLOCATOR_ENV
 from r2m_bench.common import Headline, TextSource, latency_stats, write_result
@@ -117,6 +120,24 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def allocator_bytes(url: str) -> dict[str, Any]:
+    """The server's `r2m_allocator_bytes`: its allocator's `name` and bytes by kind
+    (`allocated`, `held`, ...); {} when its allocator reports none."""
+    found: dict[str, Any] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        if family.name == "r2m_allocator_bytes":
+            for sample in family.samples:
+                found["name"] = sample.labels["allocator"]
+                found[sample.labels["kind"]] = sample.value
+    return found
+
+
+def memory(server: LocalServer, redis_url: str | None) -> dict[str, Any]:
+    """The server's RSS and allocator bytes, and Redis's memory."""
+    return {"rss_bytes": rss_bytes(server.process.pid), "allocator": allocator_bytes(server.url),
+            "redis_bytes": redis_bytes(redis_url)}
+
+
 def redis_bytes(url: str | None) -> int | None:
     if url is None:
         return None
@@ -137,8 +158,7 @@ def soak(server: LocalServer, minutes: float, window_s: float,
     measured = probe.take()
     capacity = len(measured.latencies) / (time.monotonic() - probe_started)
     rate = LOAD_FRACTION * capacity
-    pid = server.process.pid
-    start = {"rss_bytes": rss_bytes(pid), "redis_bytes": redis_bytes(redis_url)}
+    start = memory(server, redis_url)
     began = time.monotonic()
     traffic = Traffic(server.url, run_ids, rate, began + minutes * 60).start()
     windows = []
@@ -148,26 +168,30 @@ def soak(server: LocalServer, minutes: float, window_s: float,
         windows.append({"t_s": round(time.monotonic() - began, 1),
                         "requests": len(window.latencies) + window.errors,
                         "errors": window.errors, "error_samples": window.error_samples,
-                        **_percentiles(window.latencies),
-                        "rss_bytes": rss_bytes(pid), "redis_bytes": redis_bytes(redis_url)})
+                        **_percentiles(window.latencies), **memory(server, redis_url)})
     traffic.join()
     last = traffic.take()
-    end = {"rss_bytes": rss_bytes(pid), "redis_bytes": redis_bytes(redis_url)}
+    end = memory(server, redis_url)
     return summarize(windows, start, end, capacity, rate, last.errors)
 
 
 def summarize(windows: list[dict[str, Any]], start: dict[str, Any], end: dict[str, Any],
               capacity: float, rate: float, late_errors: int) -> dict[str, Any]:
-    """Growth after the warm-up (the first quarter, at most a minute) and p99 drift."""
+    """Growth after the warm-up (the first quarter, at most a minute) of RSS and of live
+    bytes (the allocator's `allocated`; None where it reports none), and p99 drift."""
     warm = next((w for w in windows if w["t_s"] >= min(60.0, windows[-1]["t_s"] / 4)),
                 windows[0])
     filled = [w for w in windows if w.get("p99") is not None]
+    allocated = [sample.get("allocator", {}).get("allocated") for sample in (warm, end)]
     return {
         "capacity_rps": capacity, "rate_rps": rate, "windows": windows,
-        "start": start, "after_warmup": {"t_s": warm["t_s"], "rss_bytes": warm["rss_bytes"]},
+        "start": start, "after_warmup": {"t_s": warm["t_s"], "rss_bytes": warm["rss_bytes"],
+                                         "allocator": warm.get("allocator", {})},
         "end": end,
         "errors": sum(w["errors"] for w in windows) + late_errors,
         "rss_growth_after_warmup": end["rss_bytes"] / warm["rss_bytes"] - 1.0,
+        "allocated_growth_after_warmup": (allocated[1] / allocated[0] - 1.0
+                                          if None not in allocated else None),
         "p99_last_over_first": (filled[-1]["p99"] / filled[0]["p99"]) if filled else None,
     }
 
@@ -188,6 +212,11 @@ def run(*, quick: bool, out_dir: Path, pool: ServerPool, minutes: float | None =
         Headline("soak", "RSS growth after warm-up", 100 * results["rss_growth_after_warmup"],
                  "%", 5, higher_is_better=False),
     ]
+    if results["allocated_growth_after_warmup"] is not None:
+        # No goal of its own: flat while RSS grows is the allocator's retention, not a leak.
+        headlines.append(Headline("soak", "live (allocated) bytes growth after warm-up",
+                                  100 * results["allocated_growth_after_warmup"], "%",
+                                  higher_is_better=False))
     if results["p99_last_over_first"] is not None:
         headlines.append(Headline("soak", "p99 last/first window",
                                   results["p99_last_over_first"], "×", 1.2,

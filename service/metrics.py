@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from r2m_service.allocator_stats import AllocatorCollector
+
 DURATION_BUCKETS = tuple(1.5e-5 * 1.5**i for i in range(35))
 LOSS_TERMS = ("loss", "bt_loss", "gre_loss")
 SIZE_BUCKETS = tuple(float(2**i) for i in range(13))
@@ -96,6 +98,9 @@ class Metrics:
         self.body_bytes = Histogram(
             "r2m_request_body_bytes", "Request body size.", ["route"],
             buckets=tuple(float(4**i) for i in range(4, 16)), registry=r)
+        # r2m_allocator_bytes{allocator,kind}: live bytes against what malloc holds, to tell a
+        # leak from retention (service/allocator_stats.py).
+        r.register(AllocatorCollector())
 
     def watch_capacity(self, runs: HeldRuns, store: Any, limits: Mapping[str, float]) -> None:
         """Gauges read at scrape time: runs held, their state bytes and the store's bytes in
