@@ -17,6 +17,9 @@
   docs/measurements.md).
 - Bounded: past `max_queued_items` a request is refused with 429 rather than queued for ever.
 - A request whose client left is dropped from the queue (its future is cancelled).
+- Streamed: a request is queued before it is tokenized and its items arrive in chunks
+  (`ScoreQueue.extend`), so its first batch runs while the rest is still being tokenized
+  (`Engine.score`); a batch only takes items that are ready.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class ScoreJob:
     omega: float
     future: asyncio.Future[list[float]]
     step: int = 0  # the RL step it is scored at (reward diagnostics tally by step)
+    size: int = 0  # items in the request; 0: all of them are in `samples` already
     rewards: list[float] = field(default_factory=list)
     next_item: int = 0  # first item not yet handed to a batch
     done_items: int = 0
@@ -48,16 +52,23 @@ class ScoreJob:
     items_ahead: int = 0  # other requests' items batched before its last item's batch ended
 
     def __post_init__(self) -> None:
-        self.rewards = [0.0] * len(self.samples)
+        self.size = self.size or len(self.samples)
+        self.rewards = [0.0] * self.size
+
+    @property
+    def ready(self) -> int:
+        """Prepared items not yet handed to a batch."""
+        return max(0, len(self.samples) - self.next_item)
 
     @property
     def unbatched(self) -> int:
-        return len(self.samples) - self.next_item
+        """Items not yet handed to a batch, prepared or not."""
+        return self.size - self.next_item
 
     def deliver(self, index: int, reward: float) -> None:
         self.rewards[index] = reward
         self.done_items += 1
-        if self.done_items == len(self.samples) and not self.future.done():
+        if self.done_items == self.size and not self.future.done():
             self.future.set_result(self.rewards)
 
 
@@ -88,34 +99,46 @@ class ScoreQueue:
         return self._queued_items
 
     def put(self, job: ScoreJob) -> None:
-        if self._queued_items + len(job.samples) > self.max_queued_items and self._jobs:
+        """Queue a request: all its items count against `max_queued_items` from now on, ready
+        or not, so an overloaded server refuses before it spends time tokenizing."""
+        if self._queued_items + job.size > self.max_queued_items and self._jobs:
             raise Overloaded(self._queued_items, self.max_queued_items)
         if self._jobs:  # one item ahead of the least-served request, then in step with it
             job.served = max(0, min(j.served for j in self._jobs) - 1)
         job.items_ahead = self._in_flight
         self._jobs.append(job)
-        self._queued_items += len(job.samples)
+        self._queued_items += job.size
+        self._wakeup.set()
+
+    def extend(self, job: ScoreJob, samples: list[Sample]) -> None:
+        """More prepared items of a queued request, in order."""
+        job.samples.extend(samples)
         self._wakeup.set()
 
     def cancel(self, job: ScoreJob) -> None:
-        """Forget a request whose client is gone; items already in a batch still finish."""
+        """Forget a request whose client is gone (or whose preparation failed); items already
+        in a batch still finish."""
         if job in self._jobs:
             self._jobs.remove(job)
             self._queued_items -= job.unbatched
-            job.next_item = len(job.samples)
+            job.next_item = job.size
 
     async def next_batch(self) -> list[BatchItem]:
         """The next batch; calling it says the previous one has finished."""
         self._in_flight = 0
-        while not self._jobs:
+        while not (jobs := self._ready_jobs()):
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self._form_batch()
+        return self._form_batch(jobs)
 
-    def _form_batch(self) -> list[BatchItem]:
-        budget = self.sizer.next_budget()
+    def _ready_jobs(self) -> list[tuple[int, ScoreJob]]:
+        """(arrival order, request) of the requests the next batch may take from now."""
         jobs = self._jobs if self.interleave else self._jobs[:1]
-        turns = [(job.served, order, job) for order, job in enumerate(jobs)]
+        return [(order, job) for order, job in enumerate(jobs) if job.ready]
+
+    def _form_batch(self, jobs: list[tuple[int, ScoreJob]]) -> list[BatchItem]:
+        budget = self.sizer.next_budget()
+        turns = [(job.served, order, job) for order, job in jobs]
         heapq.heapify(turns)  # least served first; ties by arrival
         items: list[BatchItem] = []
         longest, backbone_items = 0, 0
@@ -130,7 +153,7 @@ class ScoreQueue:
             items.append(BatchItem(job, job.next_item))
             job.next_item += 1
             job.served += 1
-            if job.unbatched:
+            if job.ready:
                 heapq.heapreplace(turns, (job.served, turns[0][1], job))
             else:
                 heapq.heappop(turns)

@@ -45,6 +45,7 @@ from r2m_service.runs import Run, build_run
 from r2m_service.samples import (
     Sample,
     UpdateBatch,
+    preparation_chunks,
     prepare,
     score_samples,
     stack_rtes,
@@ -134,20 +135,28 @@ class Engine:
 
     async def score(self, request: ScoreRequest,
                     body_tensors: dict[str, TensorView] | None) -> ScoreResponse:
+        """Checks every item first (a bad one refuses the request before the backbone sees it),
+        then tokenizes the request in growing chunks that join the queue one by one: its first
+        batch runs while the rest is tokenized, and other requests' preparation interleaves
+        with its chunks on the one preparation thread."""
         run = await self.runs.current(request.run_id, request.min_version)
-        samples = await self.on_prep(self._prepare_score, request, run,
-                                 body_tensors)
+        chunks, tokenizing = await self.on_prep(self._prepare_score, request, run, body_tensors)
         async with run.gate.read():  # version, step and ω of one response belong together
             step, omega_t = run.step_and_omega(request.step)
-            job = ScoreJob(run, samples, omega_t, asyncio.get_running_loop().create_future(),
-                           step)
+            job = ScoreJob(run, chunks[0], omega_t, asyncio.get_running_loop().create_future(),
+                           step, size=sum(map(len, chunks)))
             self.queue.put(job)
             self.metrics.queue_size.set(self.queue.queued_items)
-            queued = time.perf_counter()
             try:
+                for chunk in chunks[1:]:
+                    tokenizing += await self.on_prep(self._prepare_chunk, chunk)
+                    self.queue.extend(job, chunk)
+                self.metrics.score_phase.labels("tokenize").observe(tokenizing)
+                queued = time.perf_counter()
                 rewards = await job.future
-            except asyncio.CancelledError:  # the client left: stop spending work on it
+            except BaseException:  # the client left or an item failed: stop spending work on it
                 self.queue.cancel(job)
+                job.future.cancel()
                 self.metrics.queue_size.set(self.queue.queued_items)
                 raise
             self.metrics.score_phase.labels("queue").observe(time.perf_counter() - queued)
@@ -253,11 +262,20 @@ class Engine:
     # ---- shared helpers ---------------------------------------------------------------------
 
     def _prepare_score(self, request: ScoreRequest, run: Run,
-                       body_tensors: dict[str, TensorView] | None) -> list[Sample]:
+                       body_tensors: dict[str, TensorView] | None
+                       ) -> tuple[list[list[Sample]], float]:
+        """Every item checked, then the first chunk prepared (one thread hop for a small
+        request): the request's chunks and the seconds spent preparing."""
         with self.metrics.score_phase.labels("validate").time():
             samples = score_samples(request, run.config.policy_hidden_size, body_tensors)
-        with self.metrics.score_phase.labels("tokenize").time():
-            return prepare(samples, self.backbone, self._rte_cache)
+        chunks = preparation_chunks(samples)
+        return chunks, self._prepare_chunk(chunks[0])
+
+    def _prepare_chunk(self, samples: list[Sample]) -> float:
+        """Cache lookups and tokenizing for some of a request's samples; returns the seconds."""
+        started = time.perf_counter()
+        prepare(samples, self.backbone, self._rte_cache)
+        return time.perf_counter() - started
 
     def _prepare_update(self, request: UpdateRequest, run: Run,
                         body_tensors: dict[str, TensorView] | None) -> UpdateBatch:

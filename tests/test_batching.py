@@ -320,6 +320,103 @@ def test_small_batches_still_share_turns_equally() -> None:
     asyncio.run(scenario())
 
 
+# ---- streamed preparation: a request's items join the queue chunk by chunk ----------------------
+
+
+def _streamed(loop: asyncio.AbstractEventLoop, whole: ScoreJob, ready: int) -> ScoreJob:
+    """`whole`'s request with only its first `ready` items prepared so far."""
+    return ScoreJob(run=None, samples=whole.samples[:ready], omega=1.0,  # type: ignore[arg-type]
+                    future=loop.create_future(), size=len(whole.samples))
+
+
+def test_a_streamed_request_counts_whole_and_batches_only_what_is_ready() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        queue = _queue(16384)
+        whole = _job(loop, 6)
+        streamed, other = _streamed(loop, whole, 2), _job(loop, 3)
+        queue.put(streamed)
+        queue.put(other)
+        assert queue.queued_items == 9  # admission counts every item, ready or not
+        first = await queue.next_batch()
+        assert [(item.job is streamed, item.index) for item in first] == [
+            (True, 0), (False, 0), (True, 1), (False, 1), (False, 2)]
+        waiting = asyncio.ensure_future(queue.next_batch())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # nothing ready: the batcher waits, it does not spin
+        queue.extend(streamed, whole.samples[2:])
+        second = await waiting
+        assert [(item.job is streamed, item.index) for item in second] == [
+            (True, i) for i in range(2, 6)]
+        assert queue.queued_items == 0
+        for item in first + second:
+            item.job.deliver(item.index, float(item.index))
+        assert await streamed.future == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    asyncio.run(scenario())
+
+
+def test_without_interleaving_a_streamed_request_keeps_its_turn() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        queue = ScoreQueue(max_queued_items=100, sizer=BatchSizer(16384, 0.1, fixed=16384),
+                           max_batch_size=64, interleave=False)
+        whole = _job(loop, 3)
+        streamed, other = _streamed(loop, whole, 1), _job(loop, 2)
+        queue.put(streamed)
+        queue.put(other)
+        assert [item.index for item in await queue.next_batch()] == [0]
+        waiting = asyncio.ensure_future(queue.next_batch())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # the next request is ready, but it is not its turn
+        queue.extend(streamed, whole.samples[1:])
+        assert {item.job for item in await waiting} == {streamed}
+        assert {item.job for item in await queue.next_batch()} == {other}
+    asyncio.run(scenario())
+
+
+def test_cancelling_a_half_prepared_request_frees_all_its_items() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        queue = _queue(16384)
+        streamed, other = _streamed(loop, _job(loop, 5), 2), _job(loop, 1)
+        queue.put(streamed)
+        queue.put(other)
+        queue.cancel(streamed)
+        assert queue.queued_items == 1
+        assert {item.job for item in await queue.next_batch()} == {other}
+    asyncio.run(scenario())
+
+
+def test_a_big_request_prepared_in_chunks_scores_as_small_ones_do(llama_server: Server) -> None:
+    n = 600  # chunks of 64, 128, 256 and 152 join the queue one by one
+    prompts, responses = texts("chunks", n)
+    states = hidden([2 + i % 4 for i in range(n)], D_P, seed=11)
+    with R2MClient(llama_server.url) as rm:
+        run_id = rm.create_run(policy_hidden_size=D_P, total_steps=10, seed=3).run_id
+        together = rm.score(run_id, prompts, responses, states, step=4).rewards
+        apart = [reward for start in range(0, n, 50) for reward in rm.score(
+            run_id, prompts[start:start + 50], responses[start:start + 50],
+            states[start:start + 50], step=4).rewards]
+    assert together == pytest.approx(apart, abs=1e-5)
+
+
+def test_an_item_failing_in_a_late_chunk_refuses_the_request_and_frees_the_queue(
+        llama_server: Server) -> None:
+    prompts, responses = texts("late", 300)
+    responses[290] = "word " * 200  # over max_length: found when the third chunk (192–447) is tokenized
+    with R2MClient(llama_server.url) as rm:
+        run_id = rm.create_run(policy_hidden_size=D_P, total_steps=10).run_id
+    items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
+    answer = httpx.post(f"{llama_server.url}/v1/score", json={"run_id": run_id, "items": items},
+                        timeout=60)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == "items[290].response"
+    assert _metric(llama_server.url, "r2m_queue_size") == 0
+    fine = httpx.post(f"{llama_server.url}/v1/score", timeout=60,
+                      json={"run_id": run_id, "items": items[:3]})
+    assert fine.status_code == 200 and len(fine.json()["rewards"]) == 3
+
+
 # ---- batch sizing: a real server --------------------------------------------------------------
 
 SMALL_BUDGET = 128  # tokens: MiniLM's texts below are ≥ 16 tokens, so ≤ 8 items per batch

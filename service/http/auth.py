@@ -68,7 +68,7 @@ def authorize(keyring: KeyRing, authorization: str | None, scope: Scope) -> ApiK
 def require(scope: Scope) -> Any:
     """A route dependency: the request must carry a key with `scope` (when keys are set)."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: no thread hop (http/routes.py)
         keyring: KeyRing = request.app.state.keyring
         if scope is Scope.METRICS and not keyring.metrics_auth:
             return

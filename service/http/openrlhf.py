@@ -51,7 +51,7 @@ BACKBONE_ONLY = CreateRunRequest(run_id="backbone-only", policy_hidden_size=1, t
                                  seed=0)
 
 
-def _authorize(request: Request) -> None:
+async def _authorize(request: Request) -> None:  # async: no thread hop (http/routes.py)
     """Scope `score`, from a Bearer header or from HTTP Basic with the key as the password."""
     header = request.headers.get("authorization")
     scheme, _, credentials = (header or "").partition(" ")

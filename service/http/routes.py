@@ -35,15 +35,20 @@ router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency
+# in its thread pool, a thread hop per dependency per request (most of a 1-item score's own cost
+# outside the model thread, bench/RESULTS.md "Overhead per item").
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine | None = request.app.state.engine
     if engine is None:
         error = request.app.state.load_error
