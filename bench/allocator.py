@@ -1,18 +1,20 @@
 """The memory allocator the image ships (Dockerfile; docs/deploy.md, "Memory"), for benchmarks
 that start servers the way the image runs them.
 
-jemalloc, preloaded, with its decay-based purging off (`dirty_decay_ms:-1`) and no separate
-arena for large allocations (`oversize_threshold:0`): freed body buffers and tensors stay mapped
-and are reused, as glibc's 1 GiB trim threshold kept them, so a 64 MiB body does not page-fault
-fresh memory (purging cost ~45% of large-body throughput), while jemalloc's size classes keep
-the reuse from fragmenting into growth (glibc's arenas grew in steps over a soak).
+jemalloc, preloaded, with no separate arena for large allocations (`oversize_threshold:0`) and
+its purging done by a background thread (`background_thread:true`) on the default decay (pages
+unused for ~10 s). jemalloc's default arena for large allocations purges a freed 64 MiB body at
+once, so the next one page-faults fresh memory (~45% of large-body throughput); on the normal
+decay a steady stream of bodies reuses the same pages (0.97× the throughput of never purging,
+measured interleaved), while a one-off peak goes back to the OS instead of staying in RSS for
+ever, which is what made RSS grow in steps over a soak with purging off (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+JEMALLOC_CONF = "oversize_threshold:0,background_thread:true"
 # Where Debian's libjemalloc2 puts it (amd64, arm64), and the image's link to it.
 JEMALLOC_PATHS = ("/usr/local/lib/libjemalloc.so.2", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")

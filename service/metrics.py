@@ -42,9 +42,11 @@ class Metrics:
         self.score_phase = Histogram(
             "r2m_score_phase_seconds", "Where a /v1/score request's time goes outside the "
             "backbone: decode (read and parse the body into the schema), validate (hidden-state "
-            "checks), tokenize (cache keys, cache lookups, tokenizer), queue (enqueued until its "
-            "rewards are back: waiting plus its model batches) and response (encoding the "
-            "answer). /get_reward's scores add to validate, tokenize and queue.", ["phase"],
+            "checks), tokenize (cache keys, cache lookups, tokenizer: summed over the request's "
+            "chunks, the later ones overlapping its first batches), queue (from its last chunk's "
+            "joining the queue until its rewards are back: waiting plus its model batches) and "
+            "response (encoding the answer). /get_reward's scores add to validate, tokenize and "
+            "queue.", ["phase"],
             buckets=DURATION_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
             "r2m_batch_tokens", "Padded tokens per backbone batch (the token budget's unit).",

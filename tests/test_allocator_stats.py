@@ -64,7 +64,9 @@ def test_under_jemalloc_live_bytes_fall_back_while_held_bytes_stay() -> None:
     library = next((path for path in JEMALLOC_PATHS if Path(path).is_file()), None)
     if library is None:
         pytest.skip(f"no libjemalloc.so.2 at any of {', '.join(JEMALLOC_PATHS)}")
-    env = {**os.environ, "LD_PRELOAD": library, "MALLOC_CONF": JEMALLOC_CONF}
+    # Purging off, so the freed pages deterministically stay: the retention the metric shows.
+    env = {**os.environ, "LD_PRELOAD": library, "MALLOC_CONF": f"{JEMALLOC_CONF},"
+           "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     result = json.loads(out)
@@ -73,8 +75,12 @@ def test_under_jemalloc_live_bytes_fall_back_while_held_bytes_stay() -> None:
     assert set(before) == {"allocated", "held", "active", "retained"}
     assert during["allocated"] - before["allocated"] >= BIG
     assert after["allocated"] <= before["allocated"] + 16 * MiB
-    # Decay off (the image's setting): the freed pages stay resident for reuse.
     assert after["held"] >= before["held"] + BIG
+
+
+def test_the_image_ships_the_allocator_setting_the_benchmarks_use() -> None:
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    assert f"MALLOC_CONF={JEMALLOC_CONF} " in dockerfile
 
 
 def test_a_server_exports_its_allocators_live_bytes(llama_server: Server) -> None:

@@ -403,7 +403,7 @@ def test_a_big_request_prepared_in_chunks_scores_as_small_ones_do(llama_server: 
 def test_an_item_failing_in_a_late_chunk_refuses_the_request_and_frees_the_queue(
         llama_server: Server) -> None:
     prompts, responses = texts("late", 300)
-    responses[290] = "word " * 200  # over max_length: found when the third chunk (192–447) is tokenized
+    responses[290] = "word " * 200  # over max_length, in the third chunk (items 192–447)
     with R2MClient(llama_server.url) as rm:
         run_id = rm.create_run(policy_hidden_size=D_P, total_steps=10).run_id
     items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from r2m_bench import soak
 from r2m_bench.servers import ServerPool
 from tests.conftest import Server
@@ -36,6 +38,12 @@ def test_the_summary_tells_live_bytes_growth_from_rss_growth() -> None:
     assert result["after_warmup"]["allocator"]["allocated"] == 50
     assert result["allocated_growth_after_warmup"] == 55 / 50 - 1
     assert result["rss_growth_after_warmup"] == 110 / result["after_warmup"]["rss_bytes"] - 1
+    assert "p99_last_over_first_minute" not in result  # no latencies given
+    # 12 windows of 5 s: the first and last quarter (15 s) are three windows each
+    latencies = [[0.1] * 100] * 3 + [[0.5] * 100] * 6 + [[0.2] * 100] * 3
+    drift = soak.summarize(windows, sample(90, 50), sample(110, 55), 10.0, 7.0, 0, latencies)
+    assert drift["p99_first_minute"] == pytest.approx(0.1)
+    assert drift["p99_last_over_first_minute"] == pytest.approx(2.0)
     no_counts = soak.summarize([{**w, "allocator": {}} for w in windows], sample(90, 50),
                                {"rss_bytes": 110, "redis_bytes": None, "allocator": {}},
                                10.0, 7.0, 0)
