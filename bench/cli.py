@@ -3,8 +3,8 @@
 All benchmarks of one invocation share a pool of servers (identical specs start once), and the
 table lists each benchmark's headline numbers next to the issue's targets. `--quick` is the CI
 mode: small shapes and short windows, numbers only good for checking that everything runs.
-Run under the production allocator settings for in-process numbers comparable to the servers':
-`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824`.
+Servers run the allocator the image ships (bench/allocator.py: jemalloc with `MALLOC_CONF`); run
+this command under the same two variables for in-process numbers comparable to the servers'.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from r2m_bench.allocator import ALLOCATOR_ENV
 from r2m_bench.common import RESULTS_DIR, Headline, write_result
 from r2m_bench.servers import (
     ServerPool,
@@ -67,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_target(Target(args.device, args.dtype, args.backbone))
     if args.torch_threads is not None:
         set_torch_threads(args.torch_threads)
-    if "GLIBC_TUNABLES" not in os.environ:
-        print("note: GLIBC_TUNABLES is unset here, so in-process baselines allocate big buffers "
-              "as plain glibc does while the servers use the production tunables (see --help)",
-              file=sys.stderr)
+    if any(os.environ.get(name) != value for name, value in ALLOCATOR_ENV.items()):
+        print("note: this process does not run the servers' allocator "
+              f"({' '.join(f'{k}={v}' for k, v in ALLOCATOR_ENV.items())}), so in-process "
+              "baselines allocate differently (see --help)", file=sys.stderr)
 
     headlines: list[Headline] = []
     timings: dict[str, float] = {}

@@ -25,8 +25,6 @@ from typing import Any
 RESULTS_DIR = Path("bench/results")
 MB = 1_000_000  # MB/s figures use decimal megabytes, like docs/measurements.md
 MiB = 1 << 20
-# The production allocator settings (Dockerfile): reused big buffers instead of fresh mmaps.
-GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
 _LOAD_AT_IMPORT = os.getloadavg()
 
 _WORDS = ("the", "model", "answer", "should", "explain", "each", "step", "clearly", "and",
@@ -53,7 +51,7 @@ def environment() -> dict[str, Any]:
         "httpx": httpx.__version__, "r2m": __version__, "git_commit": _git_commit(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "bench_torch_threads": torch.get_num_threads(),
-        "bench_glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "bench_allocator": {name: os.environ.get(name) for name in ("LD_PRELOAD", "MALLOC_CONF")},
         "loadavg_start": list(_LOAD_AT_IMPORT), "loadavg_end": list(os.getloadavg()),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

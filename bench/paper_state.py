@@ -39,7 +39,8 @@ import httpx
 import redis
 import torch
 
-from r2m_bench.common import GLIBC_TUNABLES, Headline, write_result
+from r2m_bench.allocator import ALLOCATOR_ENV
+from r2m_bench.common import Headline, write_result
 from r2m_bench.models import BackboneShape, build_backbone
 from r2m_bench.servers import ServerPool
 from r2m_client import Group, R2MClient
@@ -89,8 +90,7 @@ def arms(redis_url: str, state_dir: Path) -> dict[str, dict[str, str]]:
 def start(log_dir: Path, backbone: Path, env: dict[str, str]) -> LocalServer:
     return start_local_server(log_dir, "--backbone", str(backbone), "--max-length", "64",
                               "--torch-threads", "1", timeout=900,
-                              env={"GLIBC_TUNABLES": GLIBC_TUNABLES, "R2M_LOG_LEVEL": "warning",
-                                   **env})
+                              env={**ALLOCATOR_ENV, "R2M_LOG_LEVEL": "warning", **env})
 
 
 def groups(shape: dict[str, int], count: int) -> list[Group]:
@@ -192,6 +192,6 @@ def run(*, quick: bool, out_dir: Path, pool: ServerPool) -> dict[str, Any]:
                  for stat in ("median", "mean")]
     path = write_result("paper_state", {"shape": shape, "updates": updates, "tokens": TOKENS,
                                         "snapshot_every": SNAPSHOT_EVERY,
-                                        "glibc_tunables": GLIBC_TUNABLES}, results, out_dir,
+                                        "allocator_env": ALLOCATOR_ENV}, results, out_dir,
                         headlines)
     return {"path": path, "headlines": headlines, **results}

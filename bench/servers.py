@@ -3,8 +3,8 @@ Prometheus scrapes of them.
 
 A server takes several seconds to start on two cores, so benchmarks that want the same server
 (same flags, same environment) share one; every benchmark measures with unique texts and reads
-metrics as deltas, so sharing changes no number. Servers run with the production allocator
-tunables (Dockerfile) and an explicit torch thread count, both recorded in each result.
+metrics as deltas, so sharing changes no number. Servers run with the allocator the image ships
+(bench/allocator.py) and an explicit torch thread count, both recorded in each result.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from r2m_bench.common import GLIBC_TUNABLES, MiB
+from r2m_bench.allocator import ALLOCATOR_ENV
+from r2m_bench.common import MiB
 from r2m_service.launch import LocalServer, start_local_server
 
 MAX_BODY_BYTES = 512 * MiB
@@ -74,7 +75,7 @@ class ServerSpec:
     dtype: str = field(default_factory=lambda: _target.dtype)
     torch_threads: int = field(default_factory=torch_threads)
     batching: bool = True
-    glibc_tunables: bool = True
+    shipped_allocator: bool = True  # the image's (bench/allocator.py); False: plain glibc
     max_length: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     extra: tuple[str, ...] = field(default_factory=tuple)
@@ -93,8 +94,8 @@ class ServerSpec:
 
     def env(self) -> dict[str, str]:
         env = {"R2M_BATCHING": "true" if self.batching else "false"}
-        if self.glibc_tunables:
-            env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+        if self.shipped_allocator:
+            env.update(ALLOCATOR_ENV)
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath
         return env

@@ -9,8 +9,8 @@ memcpy is a `bytearray` → `bytearray` copy into a reused (page-faulted) buffer
 fresh-buffer copy for reference, and a raw loopback TCP transfer (two threads, no HTTP) gives
 the kernel's own ceiling on this machine. An unknown-run request (404 after reading and decoding
 the whole body) isolates transport from the checks and module work. Full mode also runs a server
-without the allocator tunables; servers take turns request by request (the order swapped every
-round), so load drift on a shared machine hits them alike.
+on plain glibc malloc instead of the image's allocator; servers take turns request by request
+(the order swapped every round), so load drift on a shared machine hits them alike.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
         pool: ServerPool | None = None) -> dict[str, Any]:
     items = 4 if quick else 16
     nbytes = items * SEQ * POLICY_HIDDEN * 2
-    specs = {"tunables": ServerSpec()}
+    specs = {"shipped_allocator": ServerSpec()}
     if not quick:
-        specs["no_tunables"] = ServerSpec(glibc_tunables=False)
+        specs["plain_glibc"] = ServerSpec(shipped_allocator=False)
     settings: dict[str, Any] = {
         "items": items, "seq_len": SEQ, "policy_hidden": POLICY_HIDDEN, "dtype": "bfloat16",
         "hidden_bytes": nbytes, "repeat": {"binary": 3 if quick else 10,
@@ -64,7 +64,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
     finally:
         if own_pool:
             pool.close()
-    main = results["servers"]["tunables"]
+    main = results["servers"]["shipped_allocator"]
     binary = main["binary"]
     headlines = [
         Headline("wire", f"binary /v1/score ÷ memcpy, {nbytes // (1 << 20)} MiB requests",
@@ -79,9 +79,9 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR,
         Headline("wire", "binary /v1/score ÷ raw loopback TCP", binary["fraction_of_loopback_tcp"],
                  "×", TCP_TARGET),
     ]
-    if "no_tunables" in results["servers"]:
-        headlines.append(Headline("wire", "binary /v1/score, no allocator tunables",
-                                  results["servers"]["no_tunables"]["binary"]["mb_per_s"],
+    if "plain_glibc" in results["servers"]:
+        headlines.append(Headline("wire", "binary /v1/score, plain glibc malloc",
+                                  results["servers"]["plain_glibc"]["binary"]["mb_per_s"],
                                   "MB/s"))
     path = write_result("wire", settings, results, out_dir, headlines)
     return {"path": str(path), "headlines": headlines, **results}
@@ -108,7 +108,7 @@ def _measure(pool: ServerPool, specs: dict[str, ServerSpec],
         sends = {(name, fmt): stack.enter_context(_score_session(url, fmt, prompts, responses,
                                                                  states))
                  for name, url in urls.items()
-                 for fmt in (("binary", "json") if name == "tunables" else ("binary",))}
+                 for fmt in (("binary", "json") if name == "shipped_allocator" else ("binary",))}
         for fmt in ("binary", "json"):
             calls = {key: send for key, send in sends.items() if key[1] == fmt}
             before = {name: scrape(urls[name]) for name, _ in calls}

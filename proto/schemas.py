@@ -28,6 +28,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class _Answer(BaseModel):
+    """What the server sends back. A client ignores fields it does not know, so a newer server,
+    which may add fields (as `/v1/info` has), never breaks an older client; types stay strict.
+    Requests stay `_Strict`: there, an unknown field is a caller's mistake worth a 422."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
 class RunSettings(_Strict):
     """The R2M hyper-parameters of one training run (docs/method.md#notation)."""
 
@@ -66,11 +74,15 @@ class CreateRunRequest(RunSettings):
 class RunConfig(RunSettings):
     """A run's settings with every default resolved."""
 
+    # Part of answers and of stored run state: like `_Answer`, it ignores fields a newer release
+    # added (an older client, or an older replica reading the store, meets them).
+    model_config = ConfigDict(extra="ignore")
+
     attention_dim: int
     seed: int
 
 
-class RewardDiagnostics(_Strict):
+class RewardDiagnostics(_Answer):
     """[beyond the paper] How a run's reward behaves, from the rewards this process served at
     the run's latest scored RL step. R2M's reward is linear in H_fin, so it splits exactly into
     the feedback branch (1 − ω)·w·Ĥ and the RTE branch ω·w·H_last + b. Figures need ≥ 2 rewards
@@ -94,7 +106,7 @@ class RewardDiagnostics(_Strict):
     head_norm: float | None = Field(None, description="‖w‖ of ϕ, likewise.")
 
 
-class RunInfo(_Strict):
+class RunInfo(_Answer):
     run_id: str
     config: RunConfig
     step: int
@@ -115,7 +127,7 @@ class ScoreRequest(_Strict):
     items: list[ScoreItem] = Field(min_length=1)
 
 
-class ScoreResponse(_Strict):
+class ScoreResponse(_Answer):
     rewards: list[float]
     version: int
     step: int
@@ -175,7 +187,7 @@ class UpdateRequest(_Strict):
         return self
 
 
-class UpdateResponse(_Strict):
+class UpdateResponse(_Answer):
     version: int
     step: int
     loss: float
@@ -185,7 +197,7 @@ class UpdateResponse(_Strict):
     grad_norm: float
 
 
-class InfoResponse(_Strict):
+class InfoResponse(_Answer):
     backbone: str
     backbone_kind: str
     backbone_identity: str

@@ -33,6 +33,7 @@ from r2m_proto.schemas import (
     RUN_ID_PATTERN,
     ScoreResponse,
     Step,
+    _Answer,
     _Strict,
     check_one_per_response,
 )
@@ -84,7 +85,7 @@ class SplitQueryRequest(_Strict):
     items: list[SplitText] = Field(min_length=1)
 
 
-class SplitQueryResponse(_Strict):
+class SplitQueryResponse(_Answer):
     version: int
     step: int
     omega: float
@@ -148,7 +149,7 @@ class SplitGradientRequest(_Strict):
         return self
 
 
-class SplitGradientResponse(_Strict):
+class SplitGradientResponse(_Answer):
     version: int
     loss: float
     context_grads: list[VectorField] = Field(

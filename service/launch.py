@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,13 @@ class LocalServer:
         self.stop()
 
 
-def start_local_server(log_dir: Path, *args: str, env: dict[str, str] | None = None,
+def server_environment(env: Mapping[str, str | None] | None) -> dict[str, str]:
+    """This process's environment, unbuffered, with `env` added (`None` values removed)."""
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return {name: value for name, value in merged.items() if value is not None}
+
+
+def start_local_server(log_dir: Path, *args: str, env: Mapping[str, str | None] | None = None,
                        timeout: float = 120.0, port: int | None = None,
                        r2m: Sequence[str] = (sys.executable, "-m", "r2m_service.cli"),
                        cwd: Path | None = None) -> LocalServer:
@@ -61,7 +67,7 @@ def start_local_server(log_dir: Path, *args: str, env: dict[str, str] | None = N
     from, this process's environment."""
     port = port or free_port()
     log_path = Path(log_dir) / f"r2m-serve-{port}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = server_environment(env)
     cmd = [*r2m, "serve", "--port", str(port), *args]
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from r2m_service.api_keys import Scope, key_line, new_key
+from r2m_service.launch import server_environment
 from r2m_service.settings import Settings
 from tests.conftest import start_server
 from tests.redis_server import start_redis
@@ -103,3 +104,13 @@ def test_help_documents_every_flag() -> None:
         assert f"--{name.replace('_', '-')}" in result.stdout
         assert field.description, f"{name} has no help text"
     assert "{float32,float16,bfloat16}" in result.stdout
+
+
+def test_a_launched_servers_environment_adds_and_removes_variables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("R2M_MAX_ITEMS", "7")
+    monkeypatch.setenv("R2M_DEVICE", "cpu")
+    env = server_environment({"R2M_MAX_ITEMS": None, "R2M_PORT": "9"})
+    assert "R2M_MAX_ITEMS" not in env  # None removes an inherited variable
+    assert env["R2M_PORT"] == "9" and env["R2M_DEVICE"] == "cpu"
+    assert env["PYTHONUNBUFFERED"] == "1"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -27,7 +29,7 @@ from r2m_client import (
     RunNotFoundError,
     RunOptions,
 )
-from r2m_proto.schemas import RunSettings
+from r2m_proto.schemas import InfoResponse, RunInfo, RunSettings, ScoreResponse
 from r2m_service.launch import free_port
 from tests.conftest import Server
 from tests.helpers import D_P
@@ -193,3 +195,21 @@ def test_run_options_are_the_schemas_optional_settings_in_both_clients() -> None
     sync, async_ = (inspect.signature(c.create_run) for c in (R2MClient, AsyncR2MClient))
     assert list(sync.parameters) == list(async_.parameters) == [
         "self", "policy_hidden_size", "total_steps", "run_id", "options"]
+
+
+def test_an_older_client_reads_a_newer_servers_answers(llama_server: Server) -> None:
+    """A newer server may add fields to its answers (`/v1/info` has, twice); what the client
+    parses them with ignores what it does not know. Requests stay strict (test_errors.py)."""
+    with R2MClient(llama_server.url) as rm:
+        run = rm.create_run(policy_hidden_size=D_P, total_steps=10)
+        rm.score(run.run_id, ["p"], ["r"])
+    info = httpx.get(f"{llama_server.url}/v1/info").json()
+    got = httpx.get(f"{llama_server.url}/v1/runs/{run.run_id}").json()
+    future = {"field_from_a_later_release": {"nested": [1, 2]}}
+    assert InfoResponse.model_validate_json(json.dumps({**info, **future})).max_items \
+        == info["max_items"]
+    later_run = {**got, **future, "config": {**got["config"], **future},
+                 "diagnostics": {**got["diagnostics"], **future}}
+    assert RunInfo.model_validate_json(json.dumps(later_run)).config.seed == got["config"]["seed"]
+    assert ScoreResponse.model_validate_json(json.dumps(
+        {"rewards": [0.5], "version": 0, "step": 0, "omega": 1.0, **future})).rewards == [0.5]
