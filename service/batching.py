@@ -122,6 +122,7 @@ class ScoreQueue:
             self._jobs.remove(job)
             self._queued_items -= job.unbatched
             job.next_item = job.size
+            self._wakeup.set()  # without interleaving, the next request may be ready to go
 
     async def next_batch(self) -> list[BatchItem]:
         """The next batch; calling it says the previous one has finished."""

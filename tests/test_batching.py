@@ -374,6 +374,22 @@ def test_without_interleaving_a_streamed_request_keeps_its_turn() -> None:
     asyncio.run(scenario())
 
 
+def test_without_interleaving_cancelling_the_request_in_turn_lets_the_next_go() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        queue = ScoreQueue(max_queued_items=100, sizer=BatchSizer(16384, 0.1, fixed=16384),
+                           max_batch_size=64, interleave=False)
+        streamed, other = _streamed(loop, _job(loop, 3), 0), _job(loop, 2)
+        queue.put(streamed)
+        queue.put(other)
+        waiting = asyncio.ensure_future(queue.next_batch())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        queue.cancel(streamed)  # e.g. its second chunk failed to tokenize
+        assert {item.job for item in await asyncio.wait_for(waiting, 5)} == {other}
+    asyncio.run(scenario())
+
+
 def test_cancelling_a_half_prepared_request_frees_all_its_items() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
