@@ -7,14 +7,17 @@ tokenizing, queue, module and response. Per request:
 - overhead per item = (client's total time − the server's backbone forward seconds) ÷ items,
   the forward read from `r2m_backbone_duration_seconds` (scrapes before and after each call);
 - its split, from the server's `r2m_score_phase_seconds{phase}` and
-  `r2m_module_duration_seconds{phase="score"}`: decode, validate, tokenize, queue (enqueued
-  until the rewards are back, less the forward and the module: waiting, batching and the model
-  thread's bookkeeping), module, response; `transport` is the client's total less all of them
-  and the forward (HTTP, the event loop, the client's own request building is outside). A big
-  request is tokenized in chunks whose later ones overlap its first batches, so on a busy CPU
-  the forward stretches while tokenizing runs beside it, and queue less forward and module can
-  be negative: the paired ratio of the client's *total* time (`total_after_over_before`) is the
-  comparison that no overlap can flatter;
+  `r2m_module_duration_seconds{phase="score"}`: decode, validate, tokenize (summed over the
+  request's chunks), `tokenize_and_queue_less_forward_and_module` (from the first chunk's
+  tokenizing to the rewards, less the forward and the module: the tokenizing the forward did not
+  hide, waiting, batching and the model thread's bookkeeping; a big request's later chunks are
+  tokenized while its first batches run, so the two phases overlap and only their sum can be
+  split; it can even be negative, as the forward also runs during the thread hand-offs between
+  chunks, which no phase timer covers), module, response; `transport` is the client's total
+  less all of them and the forward (HTTP, the event loop; the client's own request building is
+  outside). On a busy CPU the forward also stretches while tokenizing runs beside it: the
+  paired ratio of the client's *total* time (`total_after_over_before`) is the comparison that
+  no overlap can flatter;
 - the server process's CPU seconds per item (user + system, all threads, forward included):
   wall time on a shared two-core machine stretches with everyone's load, CPU time far less;
 - the tokenizer alone on the same kind of pairs, in this process: the floor under any of it.
@@ -198,8 +201,8 @@ def _total(call: dict[str, float]) -> float:
 
 
 def _summary(calls: list[dict[str, float]]) -> dict[str, Any]:
-    """Medians over the calls, in µs per item; `queue` less the forward and the module (both
-    run while the request waits in it), `transport` what no server timer covers."""
+    """Medians over the calls, in µs per item; tokenize + queue less the forward and the
+    module (which run inside those two phases), `transport` what no server timer covers."""
     n = calls[0]["items"]
 
     def per_item(key: str) -> float:
@@ -209,10 +212,10 @@ def _summary(calls: list[dict[str, float]]) -> dict[str, Any]:
     timed_phases = bool(sum(c["decode"] for c in calls))  # a baseline may lack the timers
     split: dict[str, float] = {}
     if timed_phases:
-        queue_wait = [c["queue"] - c["forward"] - c["module"] for c in calls]
+        waits = [c["tokenize"] + c["queue"] - c["forward"] - c["module"] for c in calls]
         transport = [c["total"] - sum(c[p] for p in PHASES) for c in calls]
         split = {**{p: phases[p] for p in PHASES if p != "queue"},
-                 "queue_less_forward_and_module": median(queue_wait) / n * 1e6,
+                 "tokenize_and_queue_less_forward_and_module": median(waits) / n * 1e6,
                  "module": per_item("module"), "transport": median(transport) / n * 1e6}
     return {
         "items": n, "calls": len(calls), "body_bytes": calls[0]["bytes"],

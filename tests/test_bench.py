@@ -26,9 +26,9 @@ RATIOS: dict[str, list[tuple[str, ...]]] = {
                  ("embedded", "inprocess", "ratio", "768"),
                  ("embedded", "server", "768", "overhead_ratio_mean"),
                  ("embedded", "server", "2048", "module_over_backbone_sums")],
-    "wire": [("servers", "tunables", "binary", "fraction_of_memcpy"),
-             ("servers", "tunables", "json", "fraction_of_memcpy"),
-             ("servers", "tunables", "transport_only", "fraction_of_loopback_tcp"),
+    "wire": [("servers", "shipped_allocator", "binary", "fraction_of_memcpy"),
+             ("servers", "shipped_allocator", "json", "fraction_of_memcpy"),
+             ("servers", "shipped_allocator", "transport_only", "fraction_of_loopback_tcp"),
              ("loopback_tcp", "fraction_of_memcpy")],
     "batching": [("inprocess_batch_ceiling", "ratio")],
     "update": [("k4", "cold_over_warm"), ("k8", "cold_over_warm")],
@@ -44,14 +44,21 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# Differences of timers whose intervals overlap (a big request's tokenizing and its first
+# batches): a sign is information, not an error (bench/overhead_per_item.py).
+SIGNED = {"tokenize_and_queue_less_forward_and_module"}
+
+
 def _numbers(value: Any) -> Iterator[float]:
+    """Every number in a result, except the `SIGNED` ones."""
     if isinstance(value, bool):
         return
     if isinstance(value, int | float):
         yield float(value)
     elif isinstance(value, dict):
-        for item in value.values():
-            yield from _numbers(item)
+        for key, item in value.items():
+            if key not in SIGNED:
+                yield from _numbers(item)
     elif isinstance(value, list):
         for item in value:
             yield from _numbers(item)

@@ -152,8 +152,21 @@ class RedisStore(StateStore):
         self.rte_cache.close()
         self.contexts.close()
 
+    @contextlib.asynccontextmanager
+    async def _available(self, what: str) -> AsyncIterator[None]:
+        """Redis errors as `StoreUnavailable` (503). A broken connection also closes every idle
+        one in the pool: after Redis restarts they are all dead, and each would fail one more
+        request (an update's commit, say) before the pool dialled afresh."""
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            if isinstance(exc, OSError | redis.ConnectionError | redis.TimeoutError):
+                with contextlib.suppress(RedisError, OSError):
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
+            raise StoreUnavailable(f"redis {what}: {exc}") from exc
+
     async def ping(self) -> None:
-        async with _available("ping"):
+        async with self._available("ping"):
             await self._redis.ping()
 
     # ---- runs ---------------------------------------------------------------------------------
@@ -161,13 +174,13 @@ class RedisStore(StateStore):
     async def create(self, run_id: str, state: StateEncoder) -> None:
         """Claim the id (NX, so two replicas creating the same id cannot both write version 0),
         write the snapshot, then the head."""
-        async with _available("create run"):
+        async with self._available("create run"):
             head = self._run_key(run_id, "head")
             if await self._redis.exists(head) or not await self._redis.set(
                     self._run_key(run_id, "creating"), "1", nx=True, ex=_CREATE_CLAIM_TTL_S):
                 raise RunIdTaken(run_id)
         data = await state.snapshot()
-        async with _available("create run"):
+        async with self._available("create run"):
             blob = await self._blobs.write(run_id, 0, secrets.token_hex(8), SNAPSHOT, data)
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key in self._blobs.commit_keys(run_id, blob):
@@ -177,7 +190,7 @@ class RedisStore(StateStore):
                 await pipe.execute()
 
     async def load(self, run_id: str, since: int | None = None) -> StoredRun | None:
-        async with _available("load run"):
+        async with self._available("load run"):
             for _ in range(3):  # the head may move on between reading it and its blobs
                 head = await self._head(run_id)
                 if head is None:
@@ -203,12 +216,12 @@ class RedisStore(StateStore):
         return StoredRun(int(head["version"]), snapshot, data)  # type: ignore[arg-type]
 
     async def head(self, run_id: str) -> int | None:
-        async with _available("version check"):
+        async with self._available("version check"):
             head = await self._head(run_id)
         return None if head is None else int(head["version"])
 
     async def delete(self, run_id: str) -> None:
-        async with _available("delete run"):
+        async with self._available("delete run"):
             head = await self._head(run_id)
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._run_key(run_id, "head"))
@@ -227,7 +240,7 @@ class RedisStore(StateStore):
     async def transaction(self, run_id: str) -> AsyncIterator[UpdateTransaction]:
         key = self._run_key(run_id, "lock")
         token = secrets.token_hex(16)
-        async with _available("update lock"):
+        async with self._available("update lock"):
             await self._acquire(key, token, run_id)
         renewer = asyncio.create_task(self._keep_alive(key, token))
         try:
@@ -245,14 +258,14 @@ class RedisStore(StateStore):
         """Log the step while the chain is shorter than `snapshot_every` (and the run made this
         version by a step from the chain's last one), else write a snapshot; then the fenced
         switch."""
-        async with _available("commit"):
+        async with self._available("commit"):
             previous = await self._head(run_id)
         chain = [] if previous is None else previous["chain"]
         retained = [] if previous is None else previous["retained"]
         step = (await state.step() if 0 < len(chain) < self._snapshot_every
                 and chain[-1]["version"] == version - 1 else None)
         data = step if step is not None else await state.snapshot()
-        async with _available("commit"):
+        async with self._available("commit"):
             blob = await self._blobs.write(run_id, version, token,
                                            SNAPSHOT if step is None else STEP, data)
             if step is None:  # a new chain; the one it replaces is kept for its readers
@@ -279,7 +292,7 @@ class RedisStore(StateStore):
                                                                  "version": version}))
 
     async def _recorded_response(self, run_id: str, key: str) -> str | None:
-        async with _available("idempotency check"):
+        async with self._available("idempotency check"):
             value = await self._redis.get(self._run_key(run_id, "idem", key))
         return None if value is None else value.decode()
 
@@ -341,9 +354,3 @@ class _RedisTransaction(UpdateTransaction):
                                           response_json, idempotency_key)
 
 
-@contextlib.asynccontextmanager
-async def _available(what: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"redis {what}: {exc}") from exc
