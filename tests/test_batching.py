@@ -15,7 +15,7 @@ import pytest
 from r2m_client import AsyncR2MClient, R2MClient
 from r2m_service.backbone import Backbone
 from r2m_service.batch_sizing import EXPLORE_EVERY, RECENT, BatchSizer
-from r2m_service.batching import ScoreJob, ScoreQueue
+from r2m_service.batching import BatchItem, ScoreJob, ScoreQueue
 from r2m_service.samples import Sample
 from r2m_service.text_format import Encoded, TextPair
 from tests.conftest import Server, _session_server
@@ -329,6 +329,20 @@ def _streamed(loop: asyncio.AbstractEventLoop, whole: ScoreJob, ready: int) -> S
                     future=loop.create_future(), size=len(whole.samples))
 
 
+def _fifo_queue() -> ScoreQueue:
+    """Without interleaving: one request per batch, in arrival order (the batcher-off mode)."""
+    return ScoreQueue(max_queued_items=100, sizer=BatchSizer(16384, 0.1, fixed=16384),
+                      max_batch_size=64, interleave=False)
+
+
+async def _pending_batch(queue: ScoreQueue) -> asyncio.Future[list[BatchItem]]:
+    """`queue.next_batch()`, started and still waiting 50 ms later."""
+    waiting = asyncio.ensure_future(queue.next_batch())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    return waiting
+
+
 def test_a_streamed_request_counts_whole_and_batches_only_what_is_ready() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -341,9 +355,7 @@ def test_a_streamed_request_counts_whole_and_batches_only_what_is_ready() -> Non
         first = await queue.next_batch()
         assert [(item.job is streamed, item.index) for item in first] == [
             (True, 0), (False, 0), (True, 1), (False, 1), (False, 2)]
-        waiting = asyncio.ensure_future(queue.next_batch())
-        await asyncio.sleep(0.05)
-        assert not waiting.done()  # nothing ready: the batcher waits, it does not spin
+        waiting = await _pending_batch(queue)  # nothing ready: the batcher waits, not spins
         queue.extend(streamed, whole.samples[2:])
         second = await waiting
         assert [(item.job is streamed, item.index) for item in second] == [
@@ -358,16 +370,13 @@ def test_a_streamed_request_counts_whole_and_batches_only_what_is_ready() -> Non
 def test_without_interleaving_a_streamed_request_keeps_its_turn() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        queue = ScoreQueue(max_queued_items=100, sizer=BatchSizer(16384, 0.1, fixed=16384),
-                           max_batch_size=64, interleave=False)
+        queue = _fifo_queue()
         whole = _job(loop, 3)
         streamed, other = _streamed(loop, whole, 1), _job(loop, 2)
         queue.put(streamed)
         queue.put(other)
         assert [item.index for item in await queue.next_batch()] == [0]
-        waiting = asyncio.ensure_future(queue.next_batch())
-        await asyncio.sleep(0.05)
-        assert not waiting.done()  # the next request is ready, but it is not its turn
+        waiting = await _pending_batch(queue)  # the next request is ready, but not in turn
         queue.extend(streamed, whole.samples[1:])
         assert {item.job for item in await waiting} == {streamed}
         assert {item.job for item in await queue.next_batch()} == {other}
@@ -377,14 +386,11 @@ def test_without_interleaving_a_streamed_request_keeps_its_turn() -> None:
 def test_without_interleaving_cancelling_the_request_in_turn_lets_the_next_go() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        queue = ScoreQueue(max_queued_items=100, sizer=BatchSizer(16384, 0.1, fixed=16384),
-                           max_batch_size=64, interleave=False)
+        queue = _fifo_queue()
         streamed, other = _streamed(loop, _job(loop, 3), 0), _job(loop, 2)
         queue.put(streamed)
         queue.put(other)
-        waiting = asyncio.ensure_future(queue.next_batch())
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
+        waiting = await _pending_batch(queue)
         queue.cancel(streamed)  # e.g. its second chunk failed to tokenize
         assert {item.job for item in await asyncio.wait_for(waiting, 5)} == {other}
     asyncio.run(scenario())
