@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from r2m_bench.allocator import ALLOCATOR_ENV
 from r2m_bench.common import Headline, TextSource, latency_stats, write_result
-from r2m_bench.servers import ServerPool
+from r2m_bench.servers import ServerPool, scrape
 from r2m_client import Group, R2MClient, R2MError
 from r2m_service.launch import LocalServer, start_local_server
 
@@ -124,11 +122,11 @@ def allocator_bytes(url: str) -> dict[str, Any]:
     """The server's `r2m_allocator_bytes`: its allocator's `name` and bytes by kind
     (`allocated`, `held`, ...); {} when its allocator reports none."""
     found: dict[str, Any] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
-        if family.name == "r2m_allocator_bytes":
-            for sample in family.samples:
-                found["name"] = sample.labels["allocator"]
-                found[sample.labels["kind"]] = sample.value
+    for (name, labels), value in scrape(url).items():
+        if name == "r2m_allocator_bytes":
+            by_label = dict(labels)
+            found["name"] = by_label["allocator"]
+            found[by_label["kind"]] = value
     return found
 
 
@@ -215,8 +213,8 @@ def run(*, quick: bool, out_dir: Path, pool: ServerPool, minutes: float | None =
     server = start_local_server(pool.log_dir, "--torch-threads", "1", env=SOAK_ENV, timeout=300)
     try:
         results = soak(server, minutes, window_s)
-        results["rte_cache_bytes_end"] = _metric(server.url, "r2m_store_bytes",
-                                                 'kind="rte_cache"')
+        results["rte_cache_bytes_end"] = scrape(server.url).get(
+            ("r2m_store_bytes", (("kind", "rte_cache"),)))
     finally:
         server.stop()
     headlines = [
@@ -242,13 +240,6 @@ def run(*, quick: bool, out_dir: Path, pool: ServerPool, minutes: float | None =
                 "server_env": SOAK_ENV, "backbone": "embedded default (all-MiniLM-L6-v2)"}
     path = write_result("soak", settings, results, out_dir, headlines)
     return {"path": path, "headlines": headlines, **results}
-
-
-def _metric(url: str, name: str, labels: str) -> float | None:
-    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
-            return float(line.split()[-1])
-    return None
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float | None]:

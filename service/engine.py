@@ -144,7 +144,7 @@ class Engine:
         async with run.gate.read():  # version, step and ω of one response belong together
             step, omega_t = run.step_and_omega(request.step)
             job = ScoreJob(run, chunks[0], omega_t, asyncio.get_running_loop().create_future(),
-                           step, size=sum(map(len, chunks)))
+                           step, size=len(request.items))
             self.queue.put(job)
             self.metrics.queue_size.set(self.queue.queued_items)
             try:
